@@ -1,0 +1,1 @@
+"""Running the fleet's pieces as real processes on one machine."""

@@ -1,0 +1,77 @@
+"""Safe-delivery Celery settings any Django project can adopt in one line::
+
+    from celery_fleet.presets import safe_delivery_settings
+    globals().update(safe_delivery_settings(broker_url=CELERY_BROKER_URL, timings=TIMINGS))
+
+The names carry Django's ``CELERY_`` namespace (``app.config_from_object(settings,
+namespace="CELERY")``).  Each value says why it is there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery_fleet.timings import Timings
+
+
+def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any]:
+    if not broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://")):
+        return {}
+    return {
+        # Redis redelivers a message whose worker vanished only after this many seconds:
+        # longer than the hard time limit (never redeliver a running task), short enough
+        # that a SIGKILLed worker's task comes back soon.
+        "visibility_timeout": timings.effective_visibility_timeout,
+        # Priorities 0-9 are folded into four Redis lists per queue (0, 3, 6, 9).
+        "priority_steps": list(range(10)),
+        "queue_order_strategy": "priority",
+        # Fail fast and retry instead of hanging on a half-open TCP connection.
+        "socket_timeout": 15,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 25,
+    }
+
+
+def safe_delivery_settings(broker_url: str, timings: Timings) -> dict[str, Any]:
+    """The ``CELERY_*`` settings for at-least-once delivery that survives worker loss."""
+    timings = timings.validated()
+    return {
+        "CELERY_BROKER_URL": broker_url,
+        # Acknowledge after the task ran, not before: a worker that dies mid-task leaves
+        # the message on the broker to be redelivered instead of losing it.
+        "CELERY_TASK_ACKS_LATE": True,
+        # ...and the same when the pool child is killed (OOM, SIGKILL): requeue, don't fail.
+        "CELERY_TASK_REJECT_ON_WORKER_LOST": True,
+        # A task that raises is acked (the error is recorded, not retried forever).
+        "CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT": True,
+        # Reserve one message per pool process: a stopping worker holds little, and a
+        # long task cannot sit behind another one on a busy worker while others idle.
+        "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
+        # JSON only: pickle from the broker would run arbitrary code.
+        "CELERY_TASK_SERIALIZER": "json",
+        "CELERY_RESULT_SERIALIZER": "json",
+        "CELERY_ACCEPT_CONTENT": ["json"],
+        # Every task gets limits, so no task outlives the visibility timeout.
+        "CELERY_TASK_SOFT_TIME_LIMIT": timings.soft_time_limit,
+        "CELERY_TASK_TIME_LIMIT": timings.time_limit,
+        "CELERY_BROKER_TRANSPORT_OPTIONS": broker_transport_options(broker_url, timings),
+        # Outlive a broker restart: keep retrying the connection instead of exiting.
+        "CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP": True,
+        "CELERY_BROKER_CONNECTION_MAX_RETRIES": None,
+        # Cancel (and requeue) unacked tasks when the broker connection is lost, instead of
+        # letting them run on and be redelivered to a second worker as well.
+        "CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS": True,
+        # Drain window of the soft shutdown; SIGTERM starts it (see celery_fleet.lifecycle).
+        "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": float(timings.drain_window),
+        # Task state lives in the application's database; no result backend round trips.
+        "CELERY_TASK_IGNORE_RESULT": True,
+        # Report STARTED so the monitoring events and job pages can tell queued from running.
+        "CELERY_TASK_TRACK_STARTED": True,
+        # Send task events so the exporter can count sent/received/started/succeeded/failed.
+        "CELERY_WORKER_SEND_TASK_EVENTS": True,
+        "CELERY_TASK_SEND_SENT_EVENT": True,
+        # Declare unknown queues on demand so a new queue group needs no broker setup.
+        "CELERY_TASK_CREATE_MISSING_QUEUES": True,
+        # Restart pool processes now and then so a leak in a task cannot grow forever.
+        "CELERY_WORKER_MAX_TASKS_PER_CHILD": 1000,
+    }

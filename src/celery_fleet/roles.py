@@ -1,0 +1,59 @@
+"""The command lines and environments of the fleet's roles, shared by ``celery-fleet up``,
+the tests and the container image, so each runs the same way everywhere."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+#: The Celery app (``celery -A``); the example project by default.
+DEFAULT_CELERY_APP = os.environ.get("CELERY_FLEET_APP", "fleetsite")
+
+
+def worker_env(base: Mapping[str, str], probe_dir: Path | None = None) -> dict[str, str]:
+    env = dict(base)
+    # SIGTERM starts Celery's soft shutdown (drain window, then requeue) instead of an
+    # unbounded warm shutdown that a pod's grace period would cut short with SIGKILL.
+    env["REMAP_SIGTERM"] = "SIGQUIT"
+    if probe_dir is not None:
+        env["CELERY_FLEET_PROBE_DIR"] = str(probe_dir)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def worker_argv(
+    queues: Sequence[str],
+    *,
+    hostname: str,
+    concurrency: int = 1,
+    loglevel: str = "INFO",
+    app: str = DEFAULT_CELERY_APP,
+    pool: str = "prefork",
+) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker",
+        "--queues", ",".join(queues),
+        "--hostname", hostname,
+        "--concurrency", str(concurrency),
+        "--pool", pool,
+        "--loglevel", loglevel,
+        # Gossip and mingle chatter grows with the fleet and buys nothing here.
+        "--without-gossip", "--without-mingle",
+    ]
+
+
+def beat_argv(*, loglevel: str = "INFO", app: str = DEFAULT_CELERY_APP, schedule_file: Path | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "celery", "-A", app, "beat", "--loglevel", loglevel]
+    if schedule_file is not None:
+        argv += ["--schedule", str(schedule_file)]
+    return argv
+
+
+def web_argv(wsgi: str = "fleetsite.wsgi:application", config: str = "python:fleetsite.gunicorn_conf") -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", config, wsgi]
+
+
+def manage_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fleetsite.manage", *args]

@@ -1,0 +1,15 @@
+"""``python -m fleetsite.manage`` is the project's manage.py (installed, so it works from any folder)."""
+
+import os
+import sys
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleetsite.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Settings for the example project, all from the environment (12-factor).
+
+Every value goes through :mod:`celery_fleet.env`: ``NAME`` or ``NAME_FILE``, and a
+bad value raises ``ImproperlyConfigured`` naming the variable.
+"""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from celery_fleet.env import env
+from celery_fleet.presets import safe_delivery_settings
+from celery_fleet.queues import DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE
+from celery_fleet.timings import Timings, TimingsError
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env.bool("DEBUG", False)
+# The fleet's data folder: SQLite database and local broker data on one machine.
+DATA_DIR = Path(env.str("CELERY_FLEET_DATA_DIR", str(BASE_DIR.parent / ".fleet"))).resolve()
+
+if DEBUG:
+    SECRET_KEY = env.str("SECRET_KEY", "insecure-dev-key-only-for-debug")
+else:
+    SECRET_KEY = env.required_str("SECRET_KEY", "it signs sessions and CSRF tokens; DEBUG is off")
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if not DEBUG else ["*"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fleetsite.urls"
+WSGI_APPLICATION = "fleetsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = env.str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
+try:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=env.int("DB_CONN_MAX_AGE", 60))}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from exc
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web and several worker processes write at once: wait for the lock and take it up front.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", str(DATA_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve static files from the app folders without collectstatic (one machine, tests).
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- Jobs -------------------------------------------------------------------------------
+JOBS_USERS_MIN = 50
+JOBS_USERS_MAX = 500
+# Export reports older than this are removed by the periodic cleanup task.
+EXPORT_MAX_AGE_HOURS = env.float("EXPORT_MAX_AGE_HOURS", 24.0, minimum=0)
+# Where the periodic database backup writes its dumps.
+BACKUP_DIR = Path(env.str("BACKUP_DIR", str(DATA_DIR / "backups")))
+BACKUP_KEEP = env.int("BACKUP_KEEP", 24, minimum=1)
+# Seconds a fake "slow" step in the demo tasks sleeps per batch, so progress is visible.
+JOBS_STEP_DELAY = env.float("JOBS_STEP_DELAY", 0.05, minimum=0)
+
+# --- Celery -----------------------------------------------------------------------------
+try:
+    WORKER_TIMINGS = Timings(
+        soft_time_limit=env.int("CELERY_TASK_SOFT_TIME_LIMIT", 240, minimum=1),
+        time_limit=env.int("CELERY_TASK_TIME_LIMIT", 300, minimum=1),
+        drain_window=env.int("CELERY_FLEET_DRAIN_WINDOW", 30, minimum=0),
+        grace_period=env.int("CELERY_FLEET_GRACE_PERIOD", 0, minimum=0) or None,
+        visibility_timeout=env.int("CELERY_FLEET_VISIBILITY_TIMEOUT", 0, minimum=0) or None,
+    ).validated()
+except TimingsError as exc:
+    raise ImproperlyConfigured(str(exc)) from exc
+
+# Safe delivery: late acks, reject on worker lost, prefetch 1, JSON only, limits, visibility.
+globals().update(
+    safe_delivery_settings(
+        broker_url=env.str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"), timings=WORKER_TIMINGS
+    )
+)
+# Unnamed tasks go to the default queue; users' jobs must not wait behind exports or the schedule.
+CELERY_TASK_DEFAULT_QUEUE = DEFAULT_QUEUE
+# Heavy exports and periodic housekeeping get queues of their own, scaled separately.
+CELERY_TASK_ROUTES = {
+    "jobs.tasks.export_users": {"queue": EXPORTS_QUEUE},
+    "jobs.tasks.cleanup_exports": {"queue": PERIODIC_QUEUE},
+    "jobs.tasks.backup_database": {"queue": PERIODIC_QUEUE},
+}
+# Beat on Redis with a lock (celery-redbeat): a second beat waits instead of doubling every run.
+CELERY_BEAT_SCHEDULER = env.str("CELERY_BEAT_SCHEDULER", "redbeat.RedBeatScheduler")
+# Seconds the beat lock outlives a silent beat before another beat may take over.
+CELERY_REDBEAT_LOCK_TIMEOUT = env.int("CELERY_REDBEAT_LOCK_TIMEOUT", 60, minimum=5)
+CELERY_REDBEAT_REDIS_URL = env.str("CELERY_REDBEAT_REDIS_URL", "") or None
+# Periodic work from settings; people who edit schedules at run time use django-celery-beat.
+CELERY_BEAT_SCHEDULE = {
+    "cleanup-exports": {
+        "task": "jobs.tasks.cleanup_exports",
+        "schedule": env.float("CLEANUP_EXPORTS_EVERY", 3600.0, minimum=1),
+    },
+    "backup-database": {
+        "task": "jobs.tasks.backup_database",
+        "schedule": env.float("BACKUP_DATABASE_EVERY", 3600.0, minimum=1),
+    },
+}
+# Queues the exporter and autoscaler watch even when no worker consumes them.
+CELERY_FLEET_QUEUES = env.list("CELERY_FLEET_QUEUES", [DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE])
+# Folder of the worker's liveness heartbeat and readiness files (probes read them).
+CELERY_FLEET_PROBE_DIR = env.str("CELERY_FLEET_PROBE_DIR", "")

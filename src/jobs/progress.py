@@ -1,0 +1,41 @@
+"""State transitions of a Job, written by the worker as the task runs."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db.models import F
+from django.utils import timezone
+
+from jobs.models import Job, JobState
+
+
+def mark_started(job_id: UUID | str) -> Job:
+    Job.objects.filter(pk=job_id).update(
+        state=JobState.STARTED, started_at=timezone.now(), attempts=F("attempts") + 1, progress=0
+    )
+    return Job.objects.get(pk=job_id)
+
+
+def report_progress(job_id: UUID | str, done: int, total: int) -> int:
+    percent = 100 if total <= 0 else min(100, int(done * 100 / total))
+    Job.objects.filter(pk=job_id).update(state=JobState.PROGRESS, progress=percent)
+    return percent
+
+
+def mark_succeeded(job_id: UUID | str, result: dict[str, Any]) -> None:
+    Job.objects.filter(pk=job_id).update(
+        state=JobState.SUCCESS, progress=100, result=result, error="", finished_at=timezone.now()
+    )
+
+
+def mark_failed(job_id: UUID | str, error: str) -> None:
+    Job.objects.filter(pk=job_id).update(state=JobState.FAILURE, error=error, finished_at=timezone.now())
+
+
+def record_callback(job_id: UUID | str, name: str) -> None:
+    job = Job.objects.get(pk=job_id)
+    if name not in job.callbacks_ran:  # a redelivered callback records itself once
+        job.callbacks_ran = [*job.callbacks_ran, name]
+        job.save(update_fields=["callbacks_ran"])

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Build helm, kubeconform, kwok/kwokctl and the Kubernetes control plane from
+# source (Go module proxy) into ${CELERY_FLEET_CACHE:-<repo>/.cache}/bin/<tool>-<version>/.
+# Anything already built is skipped, so only the first run pays.
+#
+#   tests/cluster/build.sh [all|helm|kubeconform|kwok|k8s]...   (default: all)
+#
+# Env: CELERY_FLEET_CACHE (cache root), BUILD_NICE (default 15),
+#      BUILD_PARALLEL (go build -p, default 2), FORCE=1 (rebuild).
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+command -v go >/dev/null || die "go not found in PATH"
+
+export CGO_ENABLED=0
+export GOWORK=off
+export GOFLAGS="${GOFLAGS:-} -p=${BUILD_PARALLEL:-2}"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+NICE=(nice -n "${BUILD_NICE:-15}")
+
+mkdir -p "${BIN_DIR}" "${LOG_DIR}"
+
+# One build at a time per cache (cluster.sh may call us too).
+exec 9>"${CACHE_DIR}/.build.lock"
+if ! flock -n 9; then
+  log "another build.sh holds ${CACHE_DIR}/.build.lock; waiting"
+  flock 9
+fi
+
+# mod_field MODULE@VERSION TEMPLATE -> `go list -m -f TEMPLATE` outside any module
+mod_field() {
+  (cd / && go list -m -f "$2" "$1")
+}
+
+# have DIR BIN... -> true when every binary exists and runs
+have() {
+  local dir=$1; shift
+  local b
+  [[ "${FORCE:-0}" == 1 ]] && return 1
+  for b in "$@"; do [[ -x "${dir}/${b}" ]] || return 1; done
+  return 0
+}
+
+# run_build NAME DIR "BINS" FUNC: builds into a temp dir, then renames it into place
+run_build() {
+  local name=$1 dir=$2 bins=$3 fn=$4
+  # shellcheck disable=SC2086
+  if have "${dir}" ${bins}; then
+    log "${name}: cached in ${dir}"
+    return 0
+  fi
+  local tmp="${dir}.tmp.$$" logf="${LOG_DIR}/build-${name}.log" start end rc=0
+  rm -rf "${dir}".tmp.*; mkdir -p "${tmp}"   # stale temp dirs of interrupted runs
+  log "${name}: building (log: ${logf})"
+  start=$(date +%s)
+  ( set -x; "${fn}" "${tmp}" ) >"${logf}" 2>&1 || rc=$?
+  end=$(date +%s)
+  if [[ ${rc} -ne 0 ]]; then
+    rm -rf "${tmp}"
+    tail -n 30 "${logf}" >&2
+    die "${name}: build failed after $((end - start))s (see ${logf})"
+  fi
+  rm -rf "${dir}"; mv "${tmp}" "${dir}"
+  log "${name}: built in $((end - start))s -> ${dir}"
+  printf '%s %s %ss %s\n' "$(date -u +%FT%TZ)" "${name}" "$((end - start))" "${dir}" >>"${LOG_DIR}/build-times.log"
+}
+
+build_helm() {
+  local out=$1 gomod k8s_minor
+  # helm's Makefile derives the Kubernetes version it reports from its client-go.
+  gomod=$(mod_field "helm.sh/helm/v3@${HELM_VERSION}" "{{.GoMod}}")
+  k8s_minor=$(awk '$1=="k8s.io/client-go"{print $2}' "${gomod}" | cut -d. -f2)
+  [[ -n "${k8s_minor}" ]] || { echo "cannot read client-go version from ${gomod}"; return 1; }
+  local ld="-w -s -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${k8s_minor}"
+  ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${k8s_minor}"
+  GOBIN="${out}" "${NICE[@]}" go install -trimpath -ldflags "${ld}" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  "${out}/helm" version
+}
+
+build_kubeconform() {
+  local out=$1
+  GOBIN="${out}" "${NICE[@]}" go install -trimpath -tags netgo \
+    -ldflags "-w -s -X main.version=${KUBECONFORM_VERSION}" \
+    "github.com/yannh/kubeconform/cmd/kubeconform@${KUBECONFORM_VERSION}"
+  "${out}/kubeconform" -v
+}
+
+build_kwok() {
+  local out=$1
+  local ld="-w -s -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
+  ld+=" -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}"
+  GOBIN="${out}" "${NICE[@]}" go install -trimpath -ldflags "${ld}" \
+    "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
+  "${out}/kwokctl" --version
+  "${out}/kwok" --version
+}
+
+build_k8s() {
+  local out=$1 modver build_date major minor ld="" k v
+  modver=$(cd "${CLUSTER_DIR}/k8s-build" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
+  [[ "${modver}" == "${K8S_VERSION}" ]] || {
+    echo "k8s-build/go.mod pins ${modver}, lib.sh wants ${K8S_VERSION}: run tests/cluster/gen-k8s-mod.sh ${K8S_VERSION}"
+    return 1
+  }
+  # Reproducible build date: the release's publication time on the module proxy.
+  build_date=$(mod_field "k8s.io/kubernetes@${K8S_VERSION}" '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}')
+  [[ -n "${build_date}" ]] || { echo "cannot read the release time of k8s.io/kubernetes@${K8S_VERSION}"; return 1; }
+  major=${K8S_VERSION#v}; major=${major%%.*}
+  minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
+  for kv in "gitVersion=${K8S_VERSION}" "gitMajor=${major}" "gitMinor=${minor}" \
+            "gitCommit=gomod-${K8S_VERSION}" "gitTreeState=clean" "buildDate=${build_date}"; do
+    k=${kv%%=*}; v=${kv#*=}
+    ld+=" -X k8s.io/component-base/version.${k}=${v} -X k8s.io/client-go/pkg/version.${k}=${v}"
+  done
+  # Same as Kubernetes' release builds: stripped, static (CGO_ENABLED=0), -trimpath.
+  (cd "${CLUSTER_DIR}/k8s-build" && "${NICE[@]}" go build -trimpath -ldflags "-s -w${ld}" -o "${out}/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl)
+  "${out}/kube-apiserver" --version
+  "${out}/kubectl" version --client
+}
+
+targets=("$@")
+[[ ${#targets[@]} -eq 0 ]] && targets=(all)
+overall_start=$(date +%s)
+for t in "${targets[@]}"; do
+  case "${t}" in
+    all)
+      run_build helm "${HELM_DIR}" "helm" build_helm
+      run_build kubeconform "${KUBECONFORM_DIR}" "kubeconform" build_kubeconform
+      run_build kwok "${KWOK_DIR}" "kwok kwokctl" build_kwok
+      run_build k8s "${K8S_DIR}" "kube-apiserver kube-controller-manager kube-scheduler kubectl" build_k8s
+      ;;
+    helm) run_build helm "${HELM_DIR}" "helm" build_helm ;;
+    kubeconform) run_build kubeconform "${KUBECONFORM_DIR}" "kubeconform" build_kubeconform ;;
+    kwok) run_build kwok "${KWOK_DIR}" "kwok kwokctl" build_kwok ;;
+    k8s) run_build k8s "${K8S_DIR}" "kube-apiserver kube-controller-manager kube-scheduler kubectl" build_k8s ;;
+    *) die "unknown target '${t}' (all|helm|kubeconform|kwok|k8s)" ;;
+  esac
+done
+log "done in $(( $(date +%s) - overall_start ))s; binaries under ${BIN_DIR}"

@@ -1,0 +1,65 @@
+"""The ``celery-fleet`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from celery_fleet import __version__
+from celery_fleet.lifecycle import probe_status
+from celery_fleet.timings import Timings, TimingsError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "CELERY_FLEET"})
+@click.version_option(__version__, prog_name="celery-fleet")
+def main() -> None:
+    """Run, measure and scale a Celery worker fleet for Django."""
+
+
+@main.command()
+@click.argument("check", type=click.Choice(["live", "ready"]))
+@click.option(
+    "--dir",
+    "directory",
+    envvar="CELERY_FLEET_PROBE_DIR",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The worker's probe folder (CELERY_FLEET_PROBE_DIR).",
+)
+@click.option("--max-age", default=20.0, show_default=True, help="Oldest acceptable heartbeat, in seconds.")
+def probe(check: str, directory: Path, max_age: float) -> None:
+    """Worker probe for Kubernetes exec probes: exit 0 if live/ready, 1 otherwise (no broker round trip)."""
+    ok, message = probe_status(directory, check=check, max_age=max_age)
+    click.echo(message)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--soft-time-limit", type=int, default=240, show_default=True)
+@click.option("--time-limit", type=int, default=300, show_default=True)
+@click.option("--drain-window", type=int, default=30, show_default=True)
+@click.option("--grace-period", type=int, default=None, help="Default: drain window + margin.")
+@click.option("--visibility-timeout", type=int, default=None, help="Default: time limit + margin.")
+def timings(
+    soft_time_limit: int, time_limit: int, drain_window: int, grace_period: int | None, visibility_timeout: int | None
+) -> None:
+    """Check a set of worker timings and print the derived ones as JSON."""
+    value = Timings(soft_time_limit, time_limit, drain_window, grace_period, visibility_timeout)
+    try:
+        value.validated()
+    except TimingsError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(json.dumps(value.as_dict(), indent=2))
+
+
+def _register_optional_commands() -> None:
+    """Subcommands living in their own modules (each module owns its options)."""
+    from celery_fleet.local.up import up
+
+    main.add_command(up)
+
+
+_register_optional_commands()

@@ -57,9 +57,17 @@ def timings(
 
 def _register_optional_commands() -> None:
     """Subcommands living in their own modules (each module owns its options)."""
+    from celery_fleet.beat import probe_beat
+    from celery_fleet.exporter.cli import exporter
     from celery_fleet.local.up import up
 
     main.add_command(up)
+    main.add_command(exporter)
+    main.add_command(probe_beat)
 
 
 _register_optional_commands()
+
+
+if __name__ == "__main__":
+    main()

@@ -17,21 +17,24 @@ after the visibility timeout.  What Celery lacks, added here:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import before_task_publish, worker_shutting_down
+from celery.signals import before_task_publish, worker_ready
 
+from celery_fleet import transport
 from celery_fleet.headers import PUBLISHED_AT_HEADER
 
 logger = logging.getLogger("celery_fleet.lifecycle")
 
 #: Seconds between heartbeat refreshes; the liveness probe allows several missed beats.
-HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_FILE = "heartbeat"
 READY_FILE = "ready"
 
@@ -41,11 +44,19 @@ def probe_dir(app: Celery) -> Path | None:
     return Path(configured) if configured else None
 
 
-def _touch(path: Path) -> None:
+def _touch(path: Path, text: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{time.time():.3f}\n", encoding="ascii")
+    tmp.write_text(text or f"{time.time():.3f}\n", encoding="ascii")
     tmp.replace(path)
+
+
+def _beat(path: Path) -> None:
+    """Heartbeat with how busy the worker is, so a local supervisor can stop idle workers first."""
+    from celery.worker import state
+
+    held = set(state.reserved_requests) | set(state.active_requests)
+    _touch(path, json.dumps({"ts": time.time(), "held": len(held), "active": len(state.active_requests)}))
 
 
 def stamp_published_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -67,8 +78,8 @@ class ProbeFilesStep(bootsteps.StartStopStep):
         if self.directory is None:
             return
         heartbeat = self.directory / HEARTBEAT_FILE
-        _touch(heartbeat)
-        self._timer = parent.timer.call_repeatedly(HEARTBEAT_INTERVAL, _touch, (heartbeat,), priority=10)
+        _beat(heartbeat)
+        self._timer = parent.timer.call_repeatedly(HEARTBEAT_INTERVAL, _beat, (heartbeat,), priority=10)
         _touch(self.directory / READY_FILE)
         logger.info("probe files in %s: consuming, ready", self.directory)
 
@@ -85,24 +96,48 @@ class ProbeFilesStep(bootsteps.StartStopStep):
 
 def install(app: Celery) -> None:
     """Hook celery-fleet's lifecycle into a Celery app (call once, next to ``Celery(...)``)."""
+    transport.install()
     before_task_publish.connect(stamp_published_at, weak=False)
     app.steps["consumer"].add(ProbeFilesStep)
 
-    def on_shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
+    def on_worker_ready(**_: Any) -> None:
+        # Celery runs its soft-shutdown wait inside the signal handler, before it sends
+        # ``worker_shutting_down``; readiness must go first, so wrap the handlers.
+        for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+            _mark_unready_before(app, signum)
+
+    worker_ready.connect(on_worker_ready, weak=False)
+
+
+def _mark_unready_before(app: Celery, signum: int) -> None:
+    celery_handler = signal.getsignal(signum)
+    if not callable(celery_handler):
+        return
+
+    def handler(sig: int, frame: Any) -> None:
         directory = probe_dir(app)
         if directory is not None:
             (directory / READY_FILE).unlink(missing_ok=True)
         logger.warning(
-            "%s shutdown on %s: not ready, draining for up to %ss",
-            how,
-            sig,
+            "%s: not ready; draining for up to %ss, then requeuing unfinished tasks",
+            signal.Signals(sig).name,
             app.conf.worker_soft_shutdown_timeout,
         )
+        celery_handler(sig, frame)
 
-    worker_shutting_down.connect(on_shutting_down, weak=False)
+    signal.signal(signum, handler)
 
 
-def probe_status(directory: Path, *, check: str, max_age: float = HEARTBEAT_INTERVAL * 4) -> tuple[bool, str]:
+def worker_load(directory: Path) -> tuple[int, float] | None:
+    """(tasks held, heartbeat age) from a worker's probe folder, or None before its first beat."""
+    try:
+        data = json.loads((directory / HEARTBEAT_FILE).read_text(encoding="ascii"))
+        return int(data["held"]), time.time() - float(data["ts"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def probe_status(directory: Path, *, check: str, max_age: float = HEARTBEAT_INTERVAL * 10) -> tuple[bool, str]:
     """What a Kubernetes exec probe asks: ``check`` is ``live`` or ``ready``."""
     heartbeat = directory / HEARTBEAT_FILE
     try:

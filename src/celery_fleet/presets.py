@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery_fleet.timings import Timings
+from celery_fleet.timings import RESTORE_SWEEP_SECONDS, Timings
 
 
 def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any]:
@@ -22,6 +22,10 @@ def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any
         # longer than the hard time limit (never redeliver a running task), short enough
         # that a SIGKILLed worker's task comes back soon.
         "visibility_timeout": timings.effective_visibility_timeout,
+        # Sweep for abandoned messages every few seconds (kombu's default is every ~100 s),
+        # so the redelivery delay after SIGKILL is the visibility timeout plus this.
+        "unacked_restore_interval": RESTORE_SWEEP_SECONDS,
+        "unacked_restore_throttle": 1,
         # Priorities 0-9 are folded into four Redis lists per queue (0, 3, 6, 9).
         "priority_steps": list(range(10)),
         "queue_order_strategy": "priority",

@@ -22,6 +22,8 @@ REQUEUE_MARGIN_SECONDS = 10
 #: Seconds the visibility timeout exceeds the hard time limit, so a long but healthy
 #: task is never redelivered while it is still running.
 VISIBILITY_MARGIN_SECONDS = 30
+#: Seconds between the broker sweeps that put abandoned (unacked, past visibility) messages back.
+RESTORE_SWEEP_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,8 @@ class Timings:
 
     @property
     def redelivery_delay(self) -> int:
-        """Worst-case seconds before a task held by a SIGKILLed worker runs again."""
-        return self.effective_visibility_timeout
+        """Worst-case seconds before a task held by a SIGKILLed worker is queued again."""
+        return self.effective_visibility_timeout + RESTORE_SWEEP_SECONDS
 
     def check(self) -> list[str]:
         """Every inconsistency, as a sentence a person can act on."""

@@ -42,3 +42,5 @@ def post_worker_init(worker: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+# No gunicornc control socket: nothing here uses it, and the root filesystem may be read-only.
+control_socket_disable = True

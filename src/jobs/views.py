@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 API_PAGE_SIZE_DEFAULT = 50
 API_PAGE_SIZE_MAX = 200
+#: Longest long-poll, below gunicorn's request timeout.
+API_MAX_WAIT = 25.0
+LONG_POLL_INTERVAL = 0.2
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 
 
@@ -115,10 +119,21 @@ def api_jobs(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def api_job(request: HttpRequest, job_id: str) -> JsonResponse:
+    """The job; ``?wait=N`` long-polls up to N seconds for it to finish (fewer requests than polling)."""
     try:
         job = Job.objects.get(pk=uuid.UUID(job_id))
     except (ValueError, Job.DoesNotExist):
         return _error(404, f"no job with id {job_id}")
+    try:
+        wait = float(request.GET.get("wait", "0"))
+    except ValueError:
+        return _error(400, "wait must be a number of seconds")
+    if not 0 <= wait <= API_MAX_WAIT:
+        return _error(400, f"wait must be from 0 to {API_MAX_WAIT} seconds")
+    deadline = time.monotonic() + wait
+    while not job.is_final and time.monotonic() < deadline and not shutting_down.is_set():
+        time.sleep(LONG_POLL_INTERVAL)
+        job.refresh_from_db()
     data = job.as_api()
     if job.state == JobState.SUCCESS and hasattr(job, "export_file"):
         data["download_url"] = request.build_absolute_uri(reverse("jobs:download", args=[job.id]))

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Build helm, kubeconform, kwok/kwokctl and the Kubernetes control plane from
+# Build helm, kubeconform, kwok/kwokctl, etcd and the Kubernetes control plane from
 # source (Go module proxy) into ${CELERY_FLEET_CACHE:-<repo>/.cache}/bin/<tool>-<version>/.
 # Anything already built is skipped, so only the first run pays.
 #
-#   tests/cluster/build.sh [all|helm|kubeconform|kwok|k8s]...   (default: all)
+#   tests/cluster/build.sh [all|helm|kubeconform|kwok|etcd|k8s]...   (default: all)
 #
 # Env: CELERY_FLEET_CACHE (cache root), BUILD_NICE (default 15),
 #      BUILD_PARALLEL (go build -p, default 2), FORCE=1 (rebuild).
@@ -98,6 +98,16 @@ build_kwok() {
   "${out}/kwok" --version
 }
 
+build_etcd() {
+  local out=$1 modver
+  modver=$(cd "${CLUSTER_DIR}/etcd-build" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+  [[ "${modver}" == "${ETCD_VERSION}" ]] || {
+    echo "etcd-build/go.mod pins ${modver}, lib.sh wants ${ETCD_VERSION}"; return 1; }
+  (cd "${CLUSTER_DIR}/etcd-build" && "${NICE[@]}" go build -trimpath \
+    -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=gomod-${ETCD_VERSION}" -o "${out}/etcd" .)
+  "${out}/etcd" --version
+}
+
 build_k8s() {
   local out=$1 modver build_date major minor ld="" k v
   modver=$(cd "${CLUSTER_DIR}/k8s-build" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
@@ -134,13 +144,15 @@ for t in "${targets[@]}"; do
       run_build helm "${HELM_DIR}" "helm" build_helm
       run_build kubeconform "${KUBECONFORM_DIR}" "kubeconform" build_kubeconform
       run_build kwok "${KWOK_DIR}" "kwok kwokctl" build_kwok
+      run_build etcd "${ETCD_DIR}" "etcd" build_etcd
       run_build k8s "${K8S_DIR}" "kube-apiserver kube-controller-manager kube-scheduler kubectl" build_k8s
       ;;
     helm) run_build helm "${HELM_DIR}" "helm" build_helm ;;
     kubeconform) run_build kubeconform "${KUBECONFORM_DIR}" "kubeconform" build_kubeconform ;;
     kwok) run_build kwok "${KWOK_DIR}" "kwok kwokctl" build_kwok ;;
+    etcd) run_build etcd "${ETCD_DIR}" "etcd" build_etcd ;;
     k8s) run_build k8s "${K8S_DIR}" "kube-apiserver kube-controller-manager kube-scheduler kubectl" build_k8s ;;
-    *) die "unknown target '${t}' (all|helm|kubeconform|kwok|k8s)" ;;
+    *) die "unknown target '${t}' (all|helm|kubeconform|kwok|etcd|k8s)" ;;
   esac
 done
 log "done in $(( $(date +%s) - overall_start ))s; binaries under ${BIN_DIR}"

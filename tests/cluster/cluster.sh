@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Start/stop a local kwok cluster ("celery-fleet-e2e") made of a real
 # kube-apiserver / kube-controller-manager / kube-scheduler built from source by
-# build.sh, Debian's etcd, and kwok's controller faking the kubelets of 3 nodes.
+# build.sh, etcd (also built from source), and kwok's controller faking the
+# kubelets of 3 nodes.
 #
 #   tests/cluster/cluster.sh up      # build if needed, create cluster, add fake nodes
 #   tests/cluster/cluster.sh down    # delete cluster, make sure no process is left
 #   tests/cluster/cluster.sh env     # print `export KUBECONFIG=...` (and PATH)
 #   tests/cluster/cluster.sh status
 #
+# Env: CELERY_FLEET_CACHE, CLUSTER_NAME, ETCD_BIN, CLUSTER_EXTRA_ARGS (see below).
 # Everything lives under ${CELERY_FLEET_CACHE:-<repo>/.cache}/kwok (kwokctl's workdir).
 # Nothing is downloaded: every binary is given to kwokctl as a local path.
 set -euo pipefail
@@ -23,6 +25,25 @@ kwokctl() { "${KWOKCTL_BIN}" --name "${CLUSTER_NAME}" "$@"; }
 kubectl() { "${KUBECTL_BIN}" --kubeconfig "${KUBECONFIG_PATH}" "$@"; }
 
 cluster_exists() { [[ -f "${CLUSTER_HOME}/kwok.yaml" ]]; }
+
+# PID exists and is not a zombie (an init that does not reap leaves those).
+pid_running() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ "${stat:0:1}" != Z ]]
+}
+
+# Every component kwokctl started is still running.
+components_alive() {
+  local f n=0
+  for f in "${CLUSTER_HOME}"/pids/*.pid; do
+    [[ -f "${f}" ]] || continue
+    pid_running "$(cat "${f}")" || return 1
+    n=$((n + 1))
+  done
+  [[ ${n} -gt 0 ]]
+}
 
 write_kwokctl_config() {
   local etcd_version
@@ -51,23 +72,38 @@ options:
 EOF
 }
 
+show_logs() {
+  local f
+  for f in "${CLUSTER_HOME}"/logs/*.log; do
+    [[ -f "${f}" ]] || continue
+    echo "----- ${f} (last 15 lines)" >&2
+    tail -n 15 "${f}" >&2
+  done
+}
+
 cmd_up() {
   local t0 t1
   t0=$(date +%s)
-  "${CLUSTER_DIR}/build.sh" kwok k8s
-  [[ -x "${ETCD_BIN}" ]] || die "etcd not found (apt-get install -y etcd-server)"
+  "${CLUSTER_DIR}/build.sh" kwok etcd k8s
+  [[ -x "${ETCD_BIN}" ]] || die "etcd not found at ${ETCD_BIN}"
 
-  if cluster_exists; then
-    log "cluster ${CLUSTER_NAME} already exists under ${CLUSTER_HOME}; starting it (no-op if running)"
-    kwokctl start cluster --timeout 2m >&2 || true
+  if cluster_exists && components_alive; then
+    log "cluster ${CLUSTER_NAME} already running (${CLUSTER_HOME})"
+  elif cluster_exists; then
+    log "cluster ${CLUSTER_NAME} exists but is (partly) stopped; restarting its components"
+    kwokctl stop cluster >&2 || true
+    kwokctl start cluster --timeout 3m --wait 2m >&2 || { show_logs; die "kwokctl start cluster failed"; }
   else
     write_kwokctl_config
+    # CLUSTER_EXTRA_ARGS: space-separated component=flag=value, e.g.
+    #   kube-controller-manager=horizontal-pod-autoscaler-sync-period=5s
+    local extra=() a
+    for a in ${CLUSTER_EXTRA_ARGS:-}; do extra+=(--extra-args "${a}"); done
     t1=$(date +%s)
     log "creating kwok cluster ${CLUSTER_NAME} (workdir ${KWOK_WORKDIR})"
     # --kubeconfig "": leave ~/.kube/config alone; use ${KUBECONFIG_PATH} instead.
     kwokctl create cluster \
       --runtime binary \
-      --kube-version "${K8S_VERSION}" \
       --kube-apiserver-binary "${KUBE_APISERVER_BIN}" \
       --kube-controller-manager-binary "${KUBE_CONTROLLER_MANAGER_BIN}" \
       --kube-scheduler-binary "${KUBE_SCHEDULER_BIN}" \
@@ -79,7 +115,7 @@ cmd_up() {
       --kubeconfig "" \
       --quiet-pull \
       --timeout 3m \
-      --wait 2m >&2
+      --wait 2m "${extra[@]}" >&2 || { show_logs; die "kwokctl create cluster failed"; }
     log "kwokctl create cluster took $(( $(date +%s) - t1 ))s"
   fi
   [[ -f "${KUBECONFIG_PATH}" ]] || die "kwokctl did not write ${KUBECONFIG_PATH}"
@@ -91,8 +127,7 @@ cmd_up() {
   kubectl apply -f "${CLUSTER_DIR}/nodes.yaml" >&2
   kubectl wait --for=condition=Ready node --all --timeout=120s >&2
   # Pods need the "default" ServiceAccount (ServiceAccount admission is on).
-  local i
-  for i in $(seq 1 60); do
+  for _ in $(seq 1 60); do
     kubectl -n default get serviceaccount default >/dev/null 2>&1 && break
     sleep 1
   done
@@ -120,7 +155,7 @@ cmd_down() {
   t0=$(date +%s)
   if cluster_exists; then
     log "deleting kwok cluster ${CLUSTER_NAME}"
-    kwokctl delete cluster --kubeconfig "" >&2 || log "kwokctl delete cluster failed; cleaning up by hand"
+    kwokctl delete cluster --kubeconfig "${KWOK_WORKDIR}/unused-kubeconfig.yaml" >&2 || log "kwokctl delete cluster failed; cleaning up by hand"
   else
     log "no cluster ${CLUSTER_NAME} under ${KWOK_WORKDIR}"
   fi

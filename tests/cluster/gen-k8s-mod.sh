@@ -41,3 +41,9 @@ out="${CLUSTER_DIR}/k8s-build/go.mod"
 rm -f "${CLUSTER_DIR}/k8s-build/go.sum"
 (cd "${CLUSTER_DIR}/k8s-build" && nice -n 15 go mod tidy)
 log "wrote ${out} for ${ver} (staging ${staging_ver}); lib.sh reads the version from it"
+
+# Keep etcd at the release this Kubernetes pins.
+etcd_ver=$(awk '$1=="go.etcd.io/etcd/server/v3" && $2 ~ /^v/ {print $2; exit}' "${gomod}")
+[[ -n "${etcd_ver}" ]] || die "no go.etcd.io/etcd/server/v3 in ${gomod}"
+(cd "${CLUSTER_DIR}/etcd-build" && go mod edit -require="go.etcd.io/etcd/server/v3@${etcd_ver}" && nice -n 15 go mod tidy)
+log "etcd-build pinned to go.etcd.io/etcd/server/v3 ${etcd_ver}"

@@ -1,0 +1,113 @@
+"""``celery-fleet up``: the whole fleet on this machine as real processes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from celery_fleet.local.fleet import FleetConfig, LocalFleet
+from celery_fleet.local.redis_server import INSTALL_HINT, redis_server_binary
+from celery_fleet.queues import DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE
+from celery_fleet.timings import Timings, TimingsError
+
+
+def _secret_key(data_dir: Path) -> str:
+    """SECRET_KEY from the environment, else one generated once and kept in the data folder."""
+    if os.environ.get("SECRET_KEY") or os.environ.get("SECRET_KEY_FILE"):
+        return os.environ.get("SECRET_KEY", "")
+    path = data_dir / "secret_key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50), encoding="ascii")
+        path.chmod(0o600)
+    return path.read_text(encoding="ascii").strip()
+
+
+@click.command()
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Web port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the web tier listens on.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64),
+              help="Starting workers for the user-jobs queue (exports and periodic start with one each).")
+@click.option("--max-workers", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Upper bound per queue when autoscaling.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Pool processes per worker.")
+@click.option("--autoscale/--no-autoscale", default=True, show_default=True,
+              help="Run the autoscaling policy against the local workers.")
+@click.option("--exporter-port", default=9808, show_default=True, type=click.IntRange(0, 65535),
+              help="Metrics exporter port (0: no exporter).")
+@click.option("--beat/--no-beat", default=True, show_default=True, help="Run one beat scheduler.")
+@click.option("--broker-url", envvar="CELERY_BROKER_URL", default=None,
+              help="Use this broker instead of starting a local redis-server.")
+@click.option("--redis-port", default=6390, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the local redis-server.")
+@click.option("--data-dir", envvar="CELERY_FLEET_DATA_DIR", default=".fleet", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="SQLite database, broker append-only file, probe files, backups.")
+@click.option("--drain-window", envvar="CELERY_FLEET_DRAIN_WINDOW", default=30, show_default=True, type=int,
+              help="Seconds a stopping worker lets running tasks finish before requeuing them.")
+@click.option("--time-limit", envvar="CELERY_TASK_TIME_LIMIT", default=300, show_default=True, type=int)
+@click.option("--soft-time-limit", envvar="CELERY_TASK_SOFT_TIME_LIMIT", default=240, show_default=True, type=int)
+@click.option("--loglevel", default="INFO", show_default=True)
+def up(
+    port: int, host: str, workers: int, max_workers: int, concurrency: int, autoscale: bool, exporter_port: int,
+    beat: bool, broker_url: str | None, redis_port: int, data_dir: Path, drain_window: int, time_limit: int,
+    soft_time_limit: int, loglevel: str,
+) -> None:
+    """Start broker, migrations, web, workers, exporter, beat and autoscaler; Ctrl-C stops them gracefully."""
+    timings = Timings(soft_time_limit=soft_time_limit, time_limit=time_limit, drain_window=drain_window)
+    try:
+        timings.validated()
+    except TimingsError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if broker_url is None:
+        try:
+            redis_server_binary()
+        except FileNotFoundError:
+            raise click.ClickException(INSTALL_HINT) from None
+    data_dir = data_dir.resolve()
+    config = FleetConfig(
+        data_dir=data_dir,
+        web_host=host,
+        web_port=port,
+        start_workers=workers,
+        max_workers=max_workers,
+        concurrency=concurrency,
+        queues=(DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE),
+        autoscale=autoscale,
+        exporter_port=exporter_port,
+        beat=beat,
+        broker_url=broker_url,
+        redis_port=redis_port,
+        timings=timings,
+        loglevel=loglevel,
+        secret_key=_secret_key(data_dir),
+    )
+    fleet = LocalFleet(config)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            click.echo("celery-fleet: second signal, stopping now", err=True)
+            fleet.kill()
+            sys.exit(1)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        fleet.start()
+        fleet.print_urls()
+        while not stop.wait(1.0):
+            fleet.check()
+    except subprocess.CalledProcessError as exc:
+        raise click.ClickException(f"{' '.join(map(str, exc.cmd))} failed with exit code {exc.returncode}") from exc
+    finally:
+        fleet.stop()

@@ -1,0 +1,139 @@
+"""Worker groups on one machine: start, count and drain real Celery worker processes.
+
+A group is what a worker Deployment is in the cluster: one set of queues, one
+concurrency, a number of identical workers.  Stopping picks idle workers first
+(the local twin of ``controller.kubernetes.io/pod-deletion-cost``) and stops them
+through the graceful drain: SIGTERM, drain window, requeue, exit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celery_fleet import roles
+from celery_fleet.lifecycle import READY_FILE, worker_load
+from celery_fleet.local.processes import LineSink, ManagedProcess
+
+logger = logging.getLogger("celery_fleet.local.workers")
+
+
+@dataclass
+class WorkerGroupSpec:
+    name: str
+    queues: tuple[str, ...]
+    concurrency: int = 1
+    min_workers: int = 1
+    max_workers: int = 4
+    initial_workers: int = 1
+
+
+@dataclass
+class LocalWorker:
+    process: ManagedProcess
+    probe_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    def ready(self) -> bool:
+        return self.process.alive() and (self.probe_dir / READY_FILE).exists()
+
+    def held(self) -> int:
+        """Tasks the worker holds; unknown (not yet beating) counts as busy."""
+        load = worker_load(self.probe_dir)
+        return 1_000 if load is None else load[0]
+
+
+@dataclass
+class WorkerGroup:
+    spec: WorkerGroupSpec
+    env: Mapping[str, str]
+    probe_root: Path
+    sink: LineSink
+    grace_period: float
+    loglevel: str = "INFO"
+    workers: list[LocalWorker] = field(default_factory=list)
+    draining: list[LocalWorker] = field(default_factory=list)
+    drain_seconds: list[float] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def replicas(self) -> int:
+        with self._lock:
+            self.workers = [w for w in self.workers if w.process.alive()]
+            return len(self.workers)
+
+    def scale_up(self, count: int) -> list[LocalWorker]:
+        started = []
+        for _ in range(count):
+            name = f"{self.spec.name}-{next(self._ids)}"
+            probe_dir = self.probe_root / name
+            for stale in (probe_dir / "heartbeat", probe_dir / READY_FILE):
+                stale.unlink(missing_ok=True)
+            argv = roles.worker_argv(
+                self.spec.queues,
+                hostname=f"{name}@%h",
+                concurrency=self.spec.concurrency,
+                loglevel=self.loglevel,
+            )
+            process = ManagedProcess(name, argv, env=roles.worker_env(self.env, probe_dir), sink=self.sink).start()
+            worker = LocalWorker(process, probe_dir)
+            with self._lock:
+                self.workers.append(worker)
+            started.append(worker)
+        return started
+
+    def pick_for_removal(self, count: int) -> list[LocalWorker]:
+        """Idle workers first, then the least busy; newest first among equals."""
+        with self._lock:
+            ranked = sorted(reversed(self.workers), key=lambda w: w.held())
+            chosen = ranked[:count]
+            for worker in chosen:
+                self.workers.remove(worker)
+                self.draining.append(worker)
+        return chosen
+
+    def scale_down(self, count: int, *, wait: bool = False) -> list[LocalWorker]:
+        chosen = self.pick_for_removal(count)
+        threads = [threading.Thread(target=self._drain, args=(w,), daemon=True) for w in chosen]
+        for thread in threads:
+            thread.start()
+        if wait:
+            for thread in threads:
+                thread.join()
+        return chosen
+
+    def _drain(self, worker: LocalWorker) -> None:
+        seconds = worker.process.stop(signal.SIGTERM, timeout=self.grace_period)
+        with self._lock:
+            self.draining.remove(worker)
+            self.drain_seconds.append(seconds)
+        logger.info("%s drained and exited in %.1fs", worker.name, seconds)
+
+    def stop_all(self) -> None:
+        self.scale_down(self.replicas(), wait=True)
+        with self._lock:
+            leftovers = list(self.draining)
+        for worker in leftovers:
+            worker.process.wait(self.grace_period)
+
+
+def default_groups(start_workers: int, max_workers: int, queues: Sequence[str]) -> list[WorkerGroupSpec]:
+    """One group per queue; the first (user jobs) starts with ``start_workers``."""
+    return [
+        WorkerGroupSpec(
+            name=queue,
+            queues=(queue,),
+            min_workers=1,
+            max_workers=max(max_workers, start_workers if index == 0 else 1),
+            initial_workers=start_workers if index == 0 else 1,
+        )
+        for index, queue in enumerate(queues)
+    ]

@@ -1,0 +1,35 @@
+"""Reads the ``WorkRun`` ledger that ``jobs.tasks.timed_work`` keeps, straight from SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str
+    starts: int
+    effects: int
+    completions: int
+
+
+def read_runs(db_path: Path) -> dict[str, Run]:
+    with sqlite3.connect(db_path, timeout=30) as conn:
+        rows = conn.execute("SELECT key, starts, effects, completions FROM jobs_workrun").fetchall()
+    return {row[0]: Run(*row) for row in rows}
+
+
+def enqueue_timed_work(broker_url: str, items: list[tuple[str, float]], queue: str = "default") -> None:
+    """Publish through Celery itself, so messages carry the same headers and routing as the app's."""
+    send_tasks(broker_url, [("jobs.tasks.timed_work", (key, seconds), key) for key, seconds in items], queue)
+
+
+def send_tasks(broker_url: str, tasks: list[tuple[str, tuple[object, ...], str | None]], queue: str) -> None:
+    from fleetsite.celery import app
+
+    with app.connection_for_write(broker_url) as conn:
+        producer = app.amqp.Producer(conn)
+        for name, args, task_id in tasks:
+            app.send_task(name, args=args, task_id=task_id, queue=queue, producer=producer)

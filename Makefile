@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export CELERY_FLEET_CACHE ?= $(CURDIR)/.cache
 
-APT_PACKAGES := redis-server postgresql prometheus chromium rabbitmq-server etcd-server
+APT_PACKAGES := redis-server postgresql prometheus chromium rabbitmq-server etcd-server docker.io debootstrap
 
 .PHONY: up test deps system-deps venv lint typecheck e2e clean
 
@@ -35,7 +35,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests bench
 
 typecheck: venv
-	$(VENV)/bin/mypy
+	DEBUG=1 $(VENV)/bin/mypy
 
 test: deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from tests.support.fleet import Fleet, base_env, migrate
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleetsite.settings")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
+# Settings loaded inside the test process itself (Django test client, mypy) use a scratch database.
+os.environ.setdefault("DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='fleet-tests-')}/db.sqlite3")
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +34,17 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[Fleet]:
-    """Migrated SQLite database + a clean Redis; start workers and web with its methods."""
-    env = base_env(tmp_path, redis_server.url)
+def database_url() -> str | None:
+    """SQLite in the test's folder by default; a module overrides this to use PostgreSQL."""
+    return None
+
+
+@pytest.fixture
+def fleet(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, database_url: str | None
+) -> Iterator[Fleet]:
+    """Migrated database + a clean Redis; start workers and web with its methods."""
+    env = base_env(tmp_path, redis_server.url, database_url)
     migrate(env)
     running = Fleet(data_dir=tmp_path, env=env, log_path=tmp_path / "fleet.log")
     yield running

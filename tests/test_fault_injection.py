@@ -44,7 +44,9 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
-def test_every_task_takes_effect_exactly_once_under_faults(tmp_path: Path, own_redis: RedisServer, seed: int) -> None:
+def test_every_task_takes_effect_exactly_once_under_faults(
+    tmp_path: Path, own_redis: RedisServer, seed: int
+) -> None:
     rng = random.Random(seed)
     env = base_env(tmp_path, own_redis.url, **TIMINGS_ENV)
     migrate(env)
@@ -53,7 +55,9 @@ def test_every_task_takes_effect_exactly_once_under_faults(tmp_path: Path, own_r
     drains: list[float] = []
     actions: list[str] = []
     try:
-        workers: list[ManagedProcess] = [fleet.start_worker(("default",), extra_env=TIMINGS_ENV) for _ in range(WORKERS)]
+        workers: list[ManagedProcess] = [
+            fleet.start_worker(("default",), extra_env=TIMINGS_ENV) for _ in range(WORKERS)
+        ]
         items = [(f"s{seed}-t{i:03d}", rng.choices(DURATIONS, WEIGHTS)[0]) for i in range(TASKS)]
         enqueue_timed_work(own_redis.url, items)
         expected = {key for key, _ in items}

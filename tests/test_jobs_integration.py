@@ -70,7 +70,9 @@ def test_export_job_offers_a_csv_with_every_user(fleet: Fleet) -> None:
 def test_failing_job_reports_error_and_runs_error_callback(fleet: Fleet) -> None:
     url = fleet.start_web()
     fleet.start_worker()
-    response = httpx.post(f"{url}/api/jobs/", json={"kind": "random_users", "total": 50, "fail": True}, timeout=10)
+    response = httpx.post(
+        f"{url}/api/jobs/", json={"kind": "random_users", "total": 50, "fail": True}, timeout=10
+    )
     job_id = response.json()["id"]
 
     def failed_with_callback() -> dict | None:
@@ -101,7 +103,9 @@ def test_bad_input_is_refused_and_nothing_is_enqueued(
     fleet: Fleet, redis_client: redis.Redis, body: bytes, message: str
 ) -> None:
     url = fleet.start_web()
-    response = httpx.post(f"{url}/api/jobs/", content=body, headers={"content-type": "application/json"}, timeout=10)
+    response = httpx.post(
+        f"{url}/api/jobs/", content=body, headers={"content-type": "application/json"}, timeout=10
+    )
     assert response.status_code == 400
     assert message in response.json()["error"]
     assert redis_client.llen("default") == 0
@@ -117,3 +121,29 @@ def test_unknown_job_is_404_and_health_endpoints_touch_dependencies(fleet: Fleet
     ready = httpx.get(f"{url}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == ["database", "broker"]
+
+
+def test_a_redelivered_job_does_not_create_its_users_twice(fleet: Fleet) -> None:
+    from tests.support.ledger import send_tasks
+
+    url = fleet.start_web()
+    fleet.start_worker()
+    job_id = httpx.post(f"{url}/api/jobs/", json={"kind": "random_users", "total": 80}, timeout=10).json()[
+        "id"
+    ]
+    assert wait_final(url, job_id)["result"]["created"] == 80
+    # The same message again, as Redis would redeliver it after a lost worker.
+    send_tasks(
+        fleet.env["CELERY_BROKER_URL"], [("jobs.tasks.generate_random_users", (job_id,), job_id)], "default"
+    )
+    job = wait_until(
+        lambda: (
+            (j := httpx.get(f"{url}/api/jobs/{job_id}", timeout=5).json())["attempts"] == 2
+            and j["state"] == "SUCCESS"
+            and j
+        ),
+        timeout=60,
+        what="the second delivery to finish",
+    )
+    assert job["result"] == {"total": 80, "created": 0, "already_present": 80}
+    assert httpx.get(f"{url}/api/users/", timeout=5).json()["count"] == 80

@@ -31,7 +31,9 @@ def started(fleet: Fleet, key: str) -> bool:
     return run is not None and run.starts >= 1
 
 
-def test_sigterm_lets_a_running_task_finish_within_the_drain_window(fleet: Fleet, redis_client: redis.Redis) -> None:
+def test_sigterm_lets_a_running_task_finish_within_the_drain_window(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
     worker = fleet.start_worker(extra_env=TIMINGS_ENV)
     enqueue_timed_work(fleet.env["CELERY_BROKER_URL"], [("short", 1.0)])
     wait_until(lambda: started(fleet, "short"), timeout=30, what="the task to start")
@@ -68,15 +70,23 @@ def test_sigterm_requeues_a_task_still_running_when_the_window_closes(
     assert run.effects == 0
     # Another worker picks it up and finishes it: done once in effect, delivered twice.
     fleet.start_worker(extra_env=TIMINGS_ENV)
-    wait_until(lambda: read_runs(db(fleet))["long"].effects == 1, timeout=60, what="the requeued task to finish")
+    wait_until(
+        lambda: read_runs(db(fleet))["long"].effects == 1, timeout=60, what="the requeued task to finish"
+    )
     run = read_runs(db(fleet))["long"]
     assert run.starts == 2
     assert run.effects == 1
     print(f"worker exited {exited_after:.1f}s after SIGTERM with a 3s drain window")
 
 
-def test_sigkill_task_is_redelivered_after_the_visibility_timeout(fleet: Fleet, redis_client: redis.Redis) -> None:
-    env = {"CELERY_TASK_SOFT_TIME_LIMIT": "4", "CELERY_TASK_TIME_LIMIT": "5", "CELERY_FLEET_DRAIN_WINDOW": "2"}
+def test_sigkill_task_is_redelivered_after_the_visibility_timeout(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    env = {
+        "CELERY_TASK_SOFT_TIME_LIMIT": "4",
+        "CELERY_TASK_TIME_LIMIT": "5",
+        "CELERY_FLEET_DRAIN_WINDOW": "2",
+    }
     visibility = 5 + 30  # time limit + margin (celery_fleet.timings)
     worker = fleet.start_worker(extra_env=env)
     enqueue_timed_work(fleet.env["CELERY_BROKER_URL"], [("killed", 3.0)])
@@ -89,7 +99,9 @@ def test_sigkill_task_is_redelivered_after_the_visibility_timeout(fleet: Fleet, 
     assert redis_client.llen("default") == 0
     fleet.start_worker(extra_env=env)
     wait_until(
-        lambda: read_runs(db(fleet))["killed"].effects == 1, timeout=visibility + 60, what="redelivery after SIGKILL"
+        lambda: read_runs(db(fleet))["killed"].effects == 1,
+        timeout=visibility + 60,
+        what="redelivery after SIGKILL",
     )
     waited = time.monotonic() - killed_at
     assert waited >= visibility - 10, f"redelivered after {waited:.0f}s: before the visibility timeout"
@@ -105,13 +117,16 @@ def test_malformed_and_unknown_messages_do_not_kill_or_wedge_the_worker(
     enqueue_unknown_task(fleet.env["CELERY_BROKER_URL"])
     enqueue_timed_work(fleet.env["CELERY_BROKER_URL"], [("after-garbage", 0.1)])
     wait_until(
-        lambda: read_runs(db(fleet)).get("after-garbage") and read_runs(db(fleet))["after-garbage"].effects == 1,
+        lambda: (
+            read_runs(db(fleet)).get("after-garbage") and read_runs(db(fleet))["after-garbage"].effects == 1
+        ),
         timeout=60,
         what="a good task after bad ones",
     )
     assert worker.alive()
     logs = fleet.logs()
-    assert "no.such.task" in logs and "unregistered task" in logs.lower()
+    assert "no.such.task" in logs
+    assert "unregistered task" in logs.lower()
     assert redis_client.llen("default") == 0
     assert redis_client.hlen("unacked") == 0
 

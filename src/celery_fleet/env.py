@@ -12,11 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 
 T = TypeVar("T")
+# The reader's methods are named after the types they return; these keep the builtins in reach.
+Str: TypeAlias = str
+Int: TypeAlias = int
+Float: TypeAlias = float
+Bool: TypeAlias = bool
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
@@ -25,10 +30,10 @@ _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 class EnvReader:
     """Reads typed values from a mapping (``os.environ`` by default)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+    def __init__(self, environ: Mapping[Str, Str] | None = None) -> None:
+        self.environ: Mapping[Str, Str] = os.environ if environ is None else environ
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: Str) -> Str | None:
         """The value of ``name`` or the contents of the file named by ``name_FILE``."""
         value = self.environ.get(name)
         file_name = self.environ.get(f"{name}_FILE")
@@ -39,10 +44,12 @@ class EnvReader:
                 # Secrets mounted from files usually end with a newline that is not part of the value.
                 return Path(file_name).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise ImproperlyConfigured(f"{name}_FILE={file_name!r} cannot be read: {exc.strerror}") from exc
+                raise ImproperlyConfigured(
+                    f"{name}_FILE={file_name!r} cannot be read: {exc.strerror}"
+                ) from exc
         return value
 
-    def _parse(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
+    def _parse(self, name: Str, default: T, parse: Callable[[Str], T], kind: Str) -> T:
         raw = self.raw(name)
         if raw is None:
             return default
@@ -51,19 +58,19 @@ class EnvReader:
         except (ValueError, TypeError) as exc:
             raise ImproperlyConfigured(f"{name}={raw!r} is not {kind}: {exc}") from exc
 
-    def str(self, name: str, default: str = "") -> str:
+    def str(self, name: Str, default: Str = "") -> Str:
         raw = self.raw(name)
         return default if raw is None else raw
 
-    def required_str(self, name: str, why: str = "") -> str:
+    def required_str(self, name: Str, why: Str = "") -> Str:
         raw = self.raw(name)
         if raw is None or raw == "":
             hint = f" ({why})" if why else ""
             raise ImproperlyConfigured(f"{name} (or {name}_FILE) must be set{hint}")
         return raw
 
-    def bool(self, name: str, default: bool = False) -> bool:
-        def parse(text: str) -> bool:
+    def bool(self, name: Str, default: Bool = False) -> Bool:
+        def parse(text: Str) -> Bool:
             lowered = text.lower()
             if lowered in _TRUE:
                 return True
@@ -73,27 +80,25 @@ class EnvReader:
 
         return self._parse(name, default, parse, "a boolean")
 
-    def int(
-        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
-        value = self._parse(name, default, int, "a whole number")
+    def int(self, name: Str, default: Int, *, minimum: Int | None = None, maximum: Int | None = None) -> Int:
+        value = self._parse(name, default, Int, "a whole number")
         _check_range(name, value, minimum, maximum)
         return value
 
     def float(
-        self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
-    ) -> float:
-        value = self._parse(name, default, float, "a number")
+        self, name: Str, default: Float, *, minimum: Float | None = None, maximum: Float | None = None
+    ) -> Float:
+        value = self._parse(name, default, Float, "a number")
         _check_range(name, value, minimum, maximum)
         return value
 
-    def list(self, name: str, default: list[str] | None = None, *, sep: str = ",") -> list[str]:
+    def list(self, name: Str, default: list[Str] | None = None, *, sep: Str = ",") -> list[Str]:
         raw = self.raw(name)
         if raw is None:
             return list(default or [])
         return [item.strip() for item in raw.split(sep) if item.strip()]
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: Str, default: Str, choices: tuple[Str, ...]) -> Str:
         value = self.str(name, default).strip()
         if value not in choices:
             raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(choices)}")

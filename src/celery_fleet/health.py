@@ -17,7 +17,7 @@ def check_broker(url: str, timeout: float = 3.0) -> None:
     opens its own: Redis answers ``PING``; AMQP opens a channel (a broker round trip).
     """
     with Connection(url, connect_timeout=timeout, transport_options={"socket_timeout": timeout}) as conn:
-        conn.ensure_connection(max_retries=0, timeout=timeout)
+        conn.ensure_connection(max_retries=0, timeout=int(timeout) or 1)
         channel = conn.default_channel
         client = getattr(channel, "client", None)
         if client is not None and hasattr(client, "ping"):

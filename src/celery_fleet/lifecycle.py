@@ -137,7 +137,9 @@ def worker_load(directory: Path) -> tuple[int, float] | None:
         return None
 
 
-def probe_status(directory: Path, *, check: str, max_age: float = HEARTBEAT_INTERVAL * 10) -> tuple[bool, str]:
+def probe_status(
+    directory: Path, *, check: str, max_age: float = HEARTBEAT_INTERVAL * 10
+) -> tuple[bool, str]:
     """What a Kubernetes exec probe asks: ``check`` is ``live`` or ``ready``."""
     heartbeat = directory / HEARTBEAT_FILE
     try:

@@ -103,4 +103,3 @@ class Timings:
             "visibility_timeout": self.effective_visibility_timeout,
             "redelivery_delay": self.redelivery_delay,
         }
-

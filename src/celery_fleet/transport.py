@@ -49,7 +49,9 @@ def safe_loads(loads: Callable[[Any], Any]) -> Callable[[Any], Any]:
         except ValueError:
             payload = None
         # Lists are the transport's own [message, exchange, routing_key] records in `unacked`.
-        if isinstance(payload, list) or (isinstance(payload, dict) and isinstance(payload.get("properties"), dict)):
+        if isinstance(payload, list) or (
+            isinstance(payload, dict) and isinstance(payload.get("properties"), dict)
+        ):
             return payload
         logger.error("malformed message on the broker (not a kombu envelope), rejecting it: %.200r", raw)
         return wrap_malformed(raw)

@@ -13,7 +13,9 @@ from typing import Any
 from celery_fleet.env import env
 from celery_fleet.health import shutting_down
 
-bind = env.str("GUNICORN_BIND", f"{env.str('WEB_HOST', '0.0.0.0')}:{env.int('PORT', 8000, minimum=1, maximum=65535)}")
+bind = env.str(
+    "GUNICORN_BIND", f"{env.str('WEB_HOST', '0.0.0.0')}:{env.int('PORT', 8000, minimum=1, maximum=65535)}"
+)
 workers = env.int("WEB_CONCURRENCY", 2, minimum=1)
 threads = env.int("GUNICORN_THREADS", 4, minimum=1)
 worker_class = "gthread"
@@ -42,5 +44,7 @@ def post_worker_init(worker: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
 # No gunicornc control socket: nothing here uses it, and the root filesystem may be read-only.
 control_socket_disable = True

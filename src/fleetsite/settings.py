@@ -131,12 +131,10 @@ try:
 except TimingsError as exc:
     raise ImproperlyConfigured(str(exc)) from exc
 
+# The broker: redis:// (the default) or amqp:// for RabbitMQ.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 # Safe delivery: late acks, reject on worker lost, prefetch 1, JSON only, limits, visibility.
-globals().update(
-    safe_delivery_settings(
-        broker_url=env.str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"), timings=WORKER_TIMINGS
-    )
-)
+globals().update(safe_delivery_settings(broker_url=CELERY_BROKER_URL, timings=WORKER_TIMINGS))
 # Unnamed tasks go to the default queue; users' jobs must not wait behind exports or the schedule.
 CELERY_TASK_DEFAULT_QUEUE = DEFAULT_QUEUE
 # Heavy exports and periodic housekeeping get queues of their own, scaled separately.

@@ -16,6 +16,4 @@ class RandomUsersForm(forms.Form):
             "max_value": f"Enter a whole number from {settings.JOBS_USERS_MIN} to {settings.JOBS_USERS_MAX}.",
         },
     )
-    fail = forms.BooleanField(
-        label="Fail halfway (to see the error callback)", required=False
-    )
+    fail = forms.BooleanField(label="Fail halfway (to see the error callback)", required=False)

@@ -78,6 +78,9 @@ class GeneratedUser(models.Model):
     class Meta:
         constraints = (models.UniqueConstraint(fields=("job", "index"), name="unique_user_per_job_index"),)
 
+    def __str__(self) -> str:
+        return f"user {self.user_id} from job {self.job_id} #{self.index}"
+
 
 class ExportFile(models.Model):
     """A finished CSV report. Kept in the database so every web pod can serve it."""
@@ -87,6 +90,9 @@ class ExportFile(models.Model):
     content = models.BinaryField()
     rows = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return self.filename
 
 
 class WorkRun(models.Model):
@@ -101,3 +107,6 @@ class WorkRun(models.Model):
     effects = models.PositiveIntegerField(default=0)
     completions = models.PositiveIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.effects} effect(s) in {self.starts} start(s)"

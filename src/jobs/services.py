@@ -47,4 +47,3 @@ def submit_job(kind: JobKind, params: dict[str, Any]) -> Job:
         Job.objects.filter(pk=job.pk).update(state="FAILURE", error=f"broker unavailable: {exc}")
         raise EnqueueError(f"the broker did not accept the job: {exc}") from exc
     return job
-

@@ -11,16 +11,16 @@ import gzip
 import io
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.core import management
 from django.contrib.auth.models import User
+from django.core import management
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from datetime import timedelta
 from faker import Faker
 
 from jobs import progress
@@ -57,10 +57,10 @@ def generate_random_users(self: Any, job_id: str) -> dict[str, Any]:
                 for i, profile in profiles:
                     if i in existing:
                         continue
-                    first, _, last = profile["name"].partition(" ")
+                    first, _, last = str(profile["name"]).partition(" ")
                     user = User.objects.create_user(
                         username=f"{profile['username']}-{job.id.hex[:8]}-{i}",
-                        email=profile["mail"],
+                        email=str(profile["mail"]),
                         first_name=first[:150],
                         last_name=last[:150],
                     )
@@ -144,9 +144,19 @@ def noop() -> None:
 
 @shared_task(name="jobs.tasks.cleanup_exports")
 def cleanup_exports() -> int:
-    """Periodic: remove export reports older than ``EXPORT_MAX_AGE_HOURS``."""
+    """Periodic: remove export reports older than ``EXPORT_MAX_AGE_HOURS``; returns how many.
+
+    Idempotent: a second run (or a duplicate message) finds nothing older left to delete.
+    Deletes in small batches so a large backlog never holds the database's write lock for
+    long (SQLite takes it for the whole of a transaction).
+    """
     cutoff = timezone.now() - timedelta(hours=settings.EXPORT_MAX_AGE_HOURS)
-    deleted, _ = ExportFile.objects.filter(created_at__lt=cutoff).delete()
+    old = ExportFile.objects.filter(created_at__lt=cutoff)
+    batch_size = 500
+    deleted = 0
+    while batch := list(old.values_list("pk", flat=True)[:batch_size]):
+        removed, _ = ExportFile.objects.filter(pk__in=batch, created_at__lt=cutoff).delete()
+        deleted += removed
     logger.info("cleanup_exports: removed %d export(s) older than %s", deleted, cutoff.isoformat())
     return deleted
 
@@ -155,22 +165,51 @@ def cleanup_exports() -> int:
 def backup_database() -> str:
     """Periodic: dump the database to ``BACKUP_DIR``; one file per hour, the last ``BACKUP_KEEP`` kept.
 
-    The file is named after the hour it belongs to and written by rename, so a rerun in
-    the same hour replaces it instead of adding another.
+    Idempotent: the file is named after the (UTC) hour it belongs to and appears by an atomic
+    rename, so a rerun in the same hour replaces it instead of adding another, and a reader
+    never sees half a file.  Each run writes its own temporary file (two runs at once cannot
+    mix their output); a run killed mid-dump leaves only that temporary file, removed by a
+    later run once it is older than the task time limit.  The dump streams to disk, and on
+    PostgreSQL it reads one consistent snapshot.  Restore with
+    ``python -m fleetsite.manage loaddata <file>``.
     """
+    import contextlib
+    import os
+    import uuid
+
+    from django.db import connection
+
     folder = settings.BACKUP_DIR
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"backup-{timezone.now():%Y%m%d-%H}.json.gz"
-    tmp = target.with_suffix(".tmp")
-    out = io.StringIO()
-    management.call_command(
-        "dumpdata", "--natural-foreign", "--exclude=contenttypes", "--exclude=auth.permission",
-        "--exclude=sessions", stdout=out,
-    )
-    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
-        fh.write(out.getvalue())
-    tmp.replace(target)
-    for old in sorted(folder.glob("backup-*.json.gz"))[: -settings.BACKUP_KEEP]:
+    tmp = folder / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    postgres = connection.vendor == "postgresql"
+    try:
+        snapshot = transaction.atomic() if postgres else contextlib.nullcontext()
+        with gzip.open(tmp, "wt", encoding="utf-8") as fh, snapshot:
+            if postgres:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            management.call_command(
+                "dumpdata",
+                "--natural-foreign",
+                "--exclude=contenttypes",
+                "--exclude=auth.permission",
+                "--exclude=sessions",
+                stdout=fh,
+            )
+        with tmp.open("rb") as written:
+            os.fsync(written.fileno())
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    stale_after = time.time() - float(getattr(settings, "CELERY_TASK_TIME_LIMIT", 3600))
+    for leftover in folder.glob(".backup-*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if leftover.stat().st_mtime < stale_after:
+                leftover.unlink()
+    keep = int(settings.BACKUP_KEEP)
+    for old in sorted(folder.glob("backup-*.json.gz"))[:-keep]:
         old.unlink(missing_ok=True)
-    logger.info("backup_database: wrote %s", target)
+    logger.info("backup_database: wrote %s (%d bytes)", target, target.stat().st_size)
     return str(target)

@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
+from celery import current_app
 from django.contrib import messages
 from django.contrib.auth.models import User
 from django.core.paginator import Paginator
@@ -196,10 +196,9 @@ def readyz(request: HttpRequest) -> HttpResponseBase:
     except Exception as exc:
         failures["database"] = f"{type(exc).__name__}: {exc}"
     try:
-        check_broker(settings.CELERY_BROKER_URL)
+        check_broker(current_app.conf.broker_url)
     except Exception as exc:
         failures["broker"] = f"{type(exc).__name__}: {exc}"
     if failures:
         return JsonResponse({"status": "unavailable", "failing": failures}, status=503)
     return JsonResponse({"status": "ok", "checks": ["database", "broker"]})
-

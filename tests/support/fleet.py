@@ -19,7 +19,9 @@ from celery_fleet.local.waiting import free_port, wait_until
 REPO = Path(__file__).resolve().parents[2]
 
 
-def base_env(data_dir: Path, broker_url: str, database_url: str | None = None, **extra: str) -> dict[str, str]:
+def base_env(
+    data_dir: Path, broker_url: str, database_url: str | None = None, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_"))}
     env.update(
         DJANGO_SETTINGS_MODULE="fleetsite.settings",
@@ -78,7 +80,13 @@ class Fleet:
 
     def start_web(self, *, extra_env: dict[str, str] | None = None) -> str:
         port = free_port()
-        env = {**self.env, "PORT": str(port), "WEB_HOST": "127.0.0.1", "WEB_CONCURRENCY": "2", **(extra_env or {})}
+        env = {
+            **self.env,
+            "PORT": str(port),
+            "WEB_HOST": "127.0.0.1",
+            "WEB_CONCURRENCY": "2",
+            **(extra_env or {}),
+        }
         process = ManagedProcess("web", roles.web_argv(), env=env, sink=file_sink(self.log_path)).start()
         self.processes.append(process)
         url = f"http://127.0.0.1:{port}"

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,10 @@ class LocalFleet:
                     f"port {config.redis_port} is taken; pass --redis-port or --broker-url to use that Redis"
                 )
             self.redis = RedisServer(data_dir=config.data_dir / "redis", port=config.redis_port)
-            self._say("redis", f"starting redis-server on {self.redis.url} (append-only file in {self.redis.data_dir})")
+            self._say(
+                "redis",
+                f"starting redis-server on {self.redis.url} (append-only file in {self.redis.data_dir})",
+            )
             self.redis.start()
         env = self.env()
         self._say("migrate", "applying database migrations")
@@ -124,7 +126,9 @@ class LocalFleet:
         if config.beat:
             self._service("beat", roles.beat_argv(loglevel=config.loglevel), env)
         wait_until(
-            lambda: port_open(config.web_host if config.web_host != "0.0.0.0" else "127.0.0.1", config.web_port),
+            lambda: port_open(
+                config.web_host if config.web_host != "0.0.0.0" else "127.0.0.1", config.web_port
+            ),
             timeout=60,
             what="the web tier",
         )
@@ -143,7 +147,9 @@ class LocalFleet:
             self._say("autoscaler", "not available in this build; workers stay at their starting count")
             return
         self.autoscaler = build_local_autoscaler(self)
-        self._autoscaler_thread = threading.Thread(target=self._autoscale_loop, name="autoscaler", daemon=True)
+        self._autoscaler_thread = threading.Thread(
+            target=self._autoscale_loop, name="autoscaler", daemon=True
+        )
         self._autoscaler_thread.start()
 
     def _autoscale_loop(self) -> None:

@@ -99,7 +99,8 @@ class ManagedProcess:
         return self
 
     def _pump_output(self) -> None:
-        assert self.popen is not None and self.popen.stdout is not None
+        assert self.popen is not None
+        assert self.popen.stdout is not None
         for line in self.popen.stdout:
             self.sink(self.name, line.rstrip("\n"))
 

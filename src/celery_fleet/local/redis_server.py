@@ -9,7 +9,9 @@ from pathlib import Path
 
 from celery_fleet.local.waiting import wait_until
 
-INSTALL_HINT = "redis-server is not installed: run `sudo apt-get install -y redis-server` (or `make up`, which does)"
+INSTALL_HINT = (
+    "redis-server is not installed: run `sudo apt-get install -y redis-server` (or `make up`, which does)"
+)
 
 
 def redis_server_binary() -> str:
@@ -36,16 +38,25 @@ class RedisServer:
     def command(self) -> list[str]:
         return [
             redis_server_binary(),
-            "--bind", self.host,
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
             # AOF: queued messages and unacked tasks survive a restart of the broker.
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--logfile", "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
         ]
 
     def start(self, *, stdout: int | None = subprocess.DEVNULL, timeout: float = 15) -> RedisServer:

@@ -33,33 +33,91 @@ def _secret_key(data_dir: Path) -> str:
 @click.command()
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Web port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the web tier listens on.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64),
-              help="Starting workers for the user-jobs queue (exports and periodic start with one each).")
-@click.option("--max-workers", default=4, show_default=True, type=click.IntRange(1, 64),
-              help="Upper bound per queue when autoscaling.")
-@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Pool processes per worker.")
-@click.option("--autoscale/--no-autoscale", default=True, show_default=True,
-              help="Run the autoscaling policy against the local workers.")
-@click.option("--exporter-port", default=9808, show_default=True, type=click.IntRange(0, 65535),
-              help="Metrics exporter port (0: no exporter).")
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="Starting workers for the user-jobs queue (exports and periodic start with one each).",
+)
+@click.option(
+    "--max-workers",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Upper bound per queue when autoscaling.",
+)
+@click.option(
+    "--concurrency",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Pool processes per worker.",
+)
+@click.option(
+    "--autoscale/--no-autoscale",
+    default=True,
+    show_default=True,
+    help="Run the autoscaling policy against the local workers.",
+)
+@click.option(
+    "--exporter-port",
+    default=9808,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Metrics exporter port (0: no exporter).",
+)
 @click.option("--beat/--no-beat", default=True, show_default=True, help="Run one beat scheduler.")
-@click.option("--broker-url", envvar="CELERY_BROKER_URL", default=None,
-              help="Use this broker instead of starting a local redis-server.")
-@click.option("--redis-port", default=6390, show_default=True, type=click.IntRange(1, 65535),
-              help="Port of the local redis-server.")
-@click.option("--data-dir", envvar="CELERY_FLEET_DATA_DIR", default=".fleet", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="SQLite database, broker append-only file, probe files, backups.")
-@click.option("--drain-window", envvar="CELERY_FLEET_DRAIN_WINDOW", default=30, show_default=True, type=int,
-              help="Seconds a stopping worker lets running tasks finish before requeuing them.")
+@click.option(
+    "--broker-url",
+    envvar="CELERY_BROKER_URL",
+    default=None,
+    help="Use this broker instead of starting a local redis-server.",
+)
+@click.option(
+    "--redis-port",
+    default=6390,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port of the local redis-server.",
+)
+@click.option(
+    "--data-dir",
+    envvar="CELERY_FLEET_DATA_DIR",
+    default=".fleet",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="SQLite database, broker append-only file, probe files, backups.",
+)
+@click.option(
+    "--drain-window",
+    envvar="CELERY_FLEET_DRAIN_WINDOW",
+    default=30,
+    show_default=True,
+    type=int,
+    help="Seconds a stopping worker lets running tasks finish before requeuing them.",
+)
 @click.option("--time-limit", envvar="CELERY_TASK_TIME_LIMIT", default=300, show_default=True, type=int)
-@click.option("--soft-time-limit", envvar="CELERY_TASK_SOFT_TIME_LIMIT", default=240, show_default=True, type=int)
+@click.option(
+    "--soft-time-limit", envvar="CELERY_TASK_SOFT_TIME_LIMIT", default=240, show_default=True, type=int
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 def up(
-    port: int, host: str, workers: int, max_workers: int, concurrency: int, autoscale: bool, exporter_port: int,
-    beat: bool, broker_url: str | None, redis_port: int, data_dir: Path, drain_window: int, time_limit: int,
-    soft_time_limit: int, loglevel: str,
+    port: int,
+    host: str,
+    workers: int,
+    max_workers: int,
+    concurrency: int,
+    autoscale: bool,
+    exporter_port: int,
+    beat: bool,
+    broker_url: str | None,
+    redis_port: int,
+    data_dir: Path,
+    drain_window: int,
+    time_limit: int,
+    soft_time_limit: int,
+    loglevel: str,
 ) -> None:
     """Start broker, migrations, web, workers, exporter, beat and autoscaler; Ctrl-C stops them gracefully."""
     timings = Timings(soft_time_limit=soft_time_limit, time_limit=time_limit, drain_window=drain_window)
@@ -108,6 +166,8 @@ def up(
         while not stop.wait(1.0):
             fleet.check()
     except subprocess.CalledProcessError as exc:
-        raise click.ClickException(f"{' '.join(map(str, exc.cmd))} failed with exit code {exc.returncode}") from exc
+        raise click.ClickException(
+            f"{' '.join(map(str, exc.cmd))} failed with exit code {exc.returncode}"
+        ) from exc
     finally:
         fleet.stop()

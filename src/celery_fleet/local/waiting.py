@@ -15,7 +15,11 @@ class Timeout(AssertionError):
 
 
 def wait_until(
-    condition: Callable[[], T | None | bool], *, timeout: float, interval: float = 0.1, what: str = "condition"
+    condition: Callable[[], T | bool | None],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
 ) -> T:
     """Call ``condition`` until it returns something truthy; return that, or raise ``Timeout``."""
     deadline = time.monotonic() + timeout

@@ -83,7 +83,9 @@ class WorkerGroup:
                 concurrency=self.spec.concurrency,
                 loglevel=self.loglevel,
             )
-            process = ManagedProcess(name, argv, env=roles.worker_env(self.env, probe_dir), sink=self.sink).start()
+            process = ManagedProcess(
+                name, argv, env=roles.worker_env(self.env, probe_dir), sink=self.sink
+            ).start()
             worker = LocalWorker(process, probe_dir)
             with self._lock:
                 self.workers.append(worker)

@@ -1,0 +1,121 @@
+"""A real Prometheus (Debian ``prometheus``) on a free port with its own config and TSDB in a tmp folder."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from celery_fleet.local.waiting import free_port, wait_until
+
+INSTALL_HINT = "prometheus is not installed: run `sudo apt-get install -y prometheus` (or `make system-deps`)"
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if found is None:
+        raise FileNotFoundError(INSTALL_HINT)
+    return found
+
+
+@dataclass
+class PrometheusServer:
+    data_dir: Path
+    targets: dict[str, str]  # job name -> host:port
+    rule_files: Sequence[Path] = ()
+    scrape_interval: str = "1s"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self) -> Path:
+        config = {
+            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+            "rule_files": [str(p) for p in self.rule_files],
+            "scrape_configs": [
+                {"job_name": job, "scrape_timeout": "900ms", "static_configs": [{"targets": [target]}]}
+                for job, target in self.targets.items()
+            ],
+        }
+        path = self.data_dir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return path
+
+    def start(self, timeout: float = 60) -> PrometheusServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.write_config()
+        log = (self.data_dir / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                binary("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=1h",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self._ready, timeout=timeout, interval=0.25, what=f"prometheus on {self.port} to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {self.process.returncode}: {self.log()[-2000:]}")
+        return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+
+    def log(self) -> str:
+        path = self.data_dir / "prometheus.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query; raises with Prometheus's error text on a bad expression."""
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        body = response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query failed: {body.get('errorType')}: {body.get('error')}\n{expr}")
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def value(self, expr: str) -> float | None:
+        """The one value of an expression that selects one series (None if it selects none)."""
+        result = self.query(expr)
+        if not result:
+            return None
+        assert len(result) == 1, f"{expr} selects {len(result)} series: {result}"
+        return float(result[0]["value"][1])
+
+    def targets_up(self) -> bool:
+        body = httpx.get(f"{self.url}/api/v1/targets", timeout=5).json()
+        active = body["data"]["activeTargets"]
+        return bool(active) and all(t["health"] == "up" for t in active)
+
+
+_COMPARISON = re.compile(r"(==|!=|>=|<=|>|<)\s*(?!bool\b)(?=[-+]?[\d.])")
+
+
+def comparisons_as_bool(expr: str) -> str:
+    """``x > 5`` -> ``x > bool 5``: every series the condition looks at is returned (as 0 or 1)."""
+    return _COMPARISON.sub(r"\1 bool ", expr)

@@ -160,7 +160,10 @@ class LocalFleet:
                 self._say("autoscaler", f"step failed: {exc!r}")
 
     def check(self) -> None:
-        """Restart services that died (workers are the autoscaler's business)."""
+        """Restart services and replace workers that died on their own."""
+        for group in self.groups.values():
+            for worker in group.replace_crashed():
+                self._say(worker.name, "replacing a worker that exited on its own")
         for process in list(self.services):
             code = process.returncode()
             if code is not None:

@@ -62,6 +62,8 @@ class WorkerGroup:
     workers: list[LocalWorker] = field(default_factory=list)
     draining: list[LocalWorker] = field(default_factory=list)
     drain_seconds: list[float] = field(default_factory=list)
+    #: How many workers the group should have: crashed ones are replaced up to this.
+    target: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,6 +73,16 @@ class WorkerGroup:
             return len(self.workers)
 
     def scale_up(self, count: int) -> list[LocalWorker]:
+        with self._lock:
+            self.target += count
+        return self._start(count)
+
+    def replace_crashed(self) -> list[LocalWorker]:
+        """Start workers for any that died on their own (crash, OOM), back up to ``target``."""
+        missing = self.target - self.replicas()
+        return self._start(missing) if missing > 0 else []
+
+    def _start(self, count: int) -> list[LocalWorker]:
         started = []
         for _ in range(count):
             name = f"{self.spec.name}-{next(self._ids)}"
@@ -97,6 +109,7 @@ class WorkerGroup:
         with self._lock:
             ranked = sorted(reversed(self.workers), key=lambda w: w.held())
             chosen = ranked[:count]
+            self.target = max(0, self.target - len(chosen))
             for worker in chosen:
                 self.workers.remove(worker)
                 self.draining.append(worker)

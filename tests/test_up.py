@@ -33,7 +33,9 @@ def test_up_runs_the_fleet_stops_gracefully_and_keeps_queued_work(tmp_path: Path
     # First run: no worker on the user-jobs queue, so the job waits in Redis.
     first = start_up(tmp_path / "data", port, redis_port, 0, log)
     try:
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, timeout=90, what="fleet up")
+        wait_until(
+            lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, timeout=90, what="fleet up"
+        )
         assert "workers:   default=0, exports=1, periodic=1" in log.read_text()
         job = httpx.post(f"{url}/api/jobs/", json={"kind": "random_users", "total": 50}, timeout=10).json()
         assert httpx.get(job["url"], timeout=5).json()["state"] == "PENDING"
@@ -42,7 +44,8 @@ def test_up_runs_the_fleet_stops_gracefully_and_keeps_queued_work(tmp_path: Path
     finally:
         first.send_signal(signal.SIGINT)
         assert first.wait(60) == 0, log.read_text()[-3000:]
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE], "processes left"
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes left behind: {left}"
     assert (tmp_path / "data" / "redis" / "appendonlydir").exists()
 
     # Second run on the same data folder: the queued job is still there and now runs.

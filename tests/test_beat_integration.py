@@ -6,6 +6,8 @@ Sends are counted twice, independently: each beat's own ``Sending due task`` log
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import signal
 import statistics
@@ -21,7 +23,7 @@ import pytest
 import redis
 
 from celery_fleet import roles
-from celery_fleet.beat import ACTIVE, HEARTBEAT_FILE, STANDBY, beat_probe_status
+from celery_fleet.beat import ACTIVE, HEARTBEAT_FILE, STANDBY
 from celery_fleet.local.processes import ManagedProcess, file_sink
 from celery_fleet.local.waiting import wait_until
 from celery_fleet.queues import PERIODIC_QUEUE
@@ -33,7 +35,9 @@ REDBEAT = "celery_fleet.beat.LockedRedBeatScheduler"
 DATABASE = "celery_fleet.beat:LockedDatabaseScheduler"
 CLEANUP = "jobs.tasks.cleanup_exports"
 SENDING = re.compile(r"Scheduler: Sending due task (?P<entry>\S+) \((?P<task>\S+)\)")
-RECEIVED = re.compile(r"^(?P<ts>\d+\.\d+) (?P<proc>\S+) \| .*Task (?P<task>[\w.]+)\[(?P<id>[0-9a-f-]+)\] received")
+RECEIVED = re.compile(
+    r"^(?P<ts>\d+\.\d+) (?P<proc>\S+) \| .*Task (?P<task>[\w.]+)\[(?P<id>[0-9a-f-]+)\] received"
+)
 SUCCEEDED = re.compile(r"Task (?P<task>[\w.]+)\[(?P<id>[0-9a-f-]+)\] succeeded")
 
 
@@ -71,7 +75,12 @@ def start_beat(fleet: Fleet, name: str, scheduler: str = REDBEAT, **env: str) ->
         with beat._lock:
             beat.lines.append((time.time(), line))
 
-    beat_env = {**fleet.env, "CELERY_BEAT_SCHEDULER": scheduler, "CELERY_FLEET_PROBE_DIR": str(probe_dir), **env}
+    beat_env = {
+        **fleet.env,
+        "CELERY_BEAT_SCHEDULER": scheduler,
+        "CELERY_FLEET_PROBE_DIR": str(probe_dir),
+        **env,
+    }
     process = ManagedProcess(name, roles.beat_argv(), env=beat_env, sink=sink)
     holder.append(Beat(name, process, probe_dir))
     process.start()
@@ -116,7 +125,7 @@ def wait_for_runs(fleet: Fleet, count: int, *beats: Beat, timeout: float) -> lis
 def assert_each_run_once(runs: list[tuple[float, str]], every: float) -> None:
     ids = [task_id for _, task_id in runs]
     assert len(ids) == len(set(ids)), f"a message was delivered twice: {ids}"
-    gaps = [b - a for (a, _), (b, _) in zip(runs, runs[1:], strict=False)]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(runs)]
     # A doubled run shows up as two deliveries a moment apart instead of one interval apart.
     assert min(gaps) > every / 2, f"two runs {min(gaps):.2f}s apart (schedule every {every}s): {gaps}"
 
@@ -124,12 +133,18 @@ def assert_each_run_once(runs: list[tuple[float, str]], every: float) -> None:
 def test_beat_and_worker_run_the_periodic_task_on_time_repeatedly(fleet: Fleet) -> None:
     every = 3.0
     fleet.start_worker(queues=(PERIODIC_QUEUE,), name="periodic")
-    beat = start_beat(fleet, "beat", CLEANUP_EXPORTS_EVERY=str(every), CELERY_REDBEAT_LOCK_TIMEOUT="30")
+    beat = start_beat(
+        fleet,
+        "beat",
+        CLEANUP_EXPORTS_EVERY=str(every),
+        CELERY_REDBEAT_LOCK_TIMEOUT="30",
+        CELERY_REDBEAT_REDIS_URL=fleet.env["CELERY_BROKER_URL"],
+    )
 
     runs = wait_for_runs(fleet, 6, beat, timeout=120)
 
     assert_each_run_once(runs, every)
-    gaps = [b - a for (a, _), (b, _) in zip(runs, runs[1:], strict=False)]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(runs)]
     # On time: one run per interval; a busy shared machine may add a second or so to a gap.
     assert every * 0.8 <= statistics.mean(gaps) <= every * 1.5, gaps
     assert max(gaps) < every * 2 + 1, gaps
@@ -138,13 +153,17 @@ def test_beat_and_worker_run_the_periodic_task_on_time_repeatedly(fleet: Fleet) 
     wait_until(lambda: {i for _, i in runs} <= succeeded_ids(fleet), timeout=30, what="the runs to succeed")
     # The default second entry exists too but is hourly: it was not sent within the test.
     assert beat.sends("jobs.tasks.backup_database") == []
+    # CELERY_REDBEAT_REDIS_URL reached redbeat (it does not see Django-namespaced settings by itself).
+    assert not beat.logged("stop falling back to broker_url"), beat.text()[:3000]
 
 
 def test_beat_keeps_its_lock_across_sleeps_longer_than_the_lock_timeout(fleet: Fleet) -> None:
     """Plain redbeat sleeps up to 300 s between ticks and dies when its lock expired meanwhile."""
     every, lock_timeout = 9.0, 5
     fleet.start_worker(queues=(PERIODIC_QUEUE,), name="periodic")
-    beat = start_beat(fleet, "beat", CLEANUP_EXPORTS_EVERY=str(every), CELERY_REDBEAT_LOCK_TIMEOUT=str(lock_timeout))
+    beat = start_beat(
+        fleet, "beat", CLEANUP_EXPORTS_EVERY=str(every), CELERY_REDBEAT_LOCK_TIMEOUT=str(lock_timeout)
+    )
 
     runs = wait_for_runs(fleet, 3, beat, timeout=120)
 
@@ -155,8 +174,16 @@ def test_beat_keeps_its_lock_across_sleeps_longer_than_the_lock_timeout(fleet: F
 
 def _probe(beat: Beat, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(Path(sys.executable).parent / "celery-fleet"), "probe-beat", "--dir", str(beat.probe_dir), *args],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(Path(sys.executable).parent / "celery-fleet"),
+            "probe-beat",
+            "--dir",
+            str(beat.probe_dir),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -179,19 +206,23 @@ def test_two_beats_started_together_send_each_run_once_and_the_standby_takes_ove
     assert len(runs) <= window / every + 2, (len(runs), window)
 
     # Probes: both beats are live; only the active one holds the lock.
-    assert json_state(active) == ACTIVE and json_state(standby) == STANDBY
+    assert json_state(active) == ACTIVE
+    assert json_state(standby) == STANDBY
     assert _probe(active).returncode == 0
     assert _probe(active, "--active").returncode == 0
     assert _probe(standby).returncode == 0
     refused = _probe(standby, "--active")
-    assert refused.returncode == 1 and "held by" in refused.stdout, refused.stdout
+    assert refused.returncode == 1, refused.stdout
+    assert "held by" in refused.stdout, refused.stdout
 
     # The active beat dies without a word: the standby sends once the lock has expired.
     active.process.send(signal.SIGKILL)
     killed_at = time.time()
     active.process.wait(10)
     before = len(received(fleet))
-    wait_until(lambda: alive(standby)() or standby.sends(), timeout=lock_timeout + 60, what="the standby to send")
+    wait_until(
+        lambda: alive(standby)() or standby.sends(), timeout=lock_timeout + 60, what="the standby to send"
+    )
     taken_over_at = standby.sends()[0]
     assert taken_over_at - killed_at < lock_timeout + 10, "the standby took too long to take over"
     after = wait_for_runs(fleet, before + 3, standby, timeout=60)
@@ -203,8 +234,6 @@ def test_two_beats_started_together_send_each_run_once_and_the_standby_takes_ove
 
 
 def json_state(beat: Beat) -> str:
-    import json
-
     return str(json.loads((beat.probe_dir / HEARTBEAT_FILE).read_text(encoding="utf-8"))["state"])
 
 
@@ -242,14 +271,18 @@ def test_schedule_changes_in_settings_apply_on_restart_and_removed_entries_go(
     # An earlier release had one more entry, and ran cleanup hourly.
     (tmp_path / "old_release_settings.py").write_text(SETTINGS_WITH_AN_EXTRA_ENTRY, encoding="utf-8")
     old = start_beat(
-        fleet, "beat-old", DJANGO_SETTINGS_MODULE="old_release_settings", PYTHONPATH=str(tmp_path),
+        fleet,
+        "beat-old",
+        DJANGO_SETTINGS_MODULE="old_release_settings",
+        PYTHONPATH=str(tmp_path),
         CLEANUP_EXPORTS_EVERY="3600",
     )
     wait_until(lambda: alive(old)() or json_state(old) == ACTIVE, timeout=60, what="the old beat to run")
     assert redis_client.exists("redbeat:retired-entry")
     assert redis_client.zscore("redbeat::schedule", "redbeat:retired-entry") is not None
     assert old.process.stop(signal.SIGTERM, timeout=30) < 30
-    assert old.sends() == [] and old.sends("jobs.tasks.noop") == []
+    assert old.sends() == []
+    assert old.sends("jobs.tasks.noop") == []
 
     # The new release: the entry is gone from settings, cleanup runs every 2 s.
     fleet.start_worker(queues=(PERIODIC_QUEUE,), name="periodic")
@@ -264,21 +297,27 @@ def test_schedule_changes_in_settings_apply_on_restart_and_removed_entries_go(
 
 def test_database_scheduler_beats_send_each_run_once_and_hand_over_without_repeats(fleet: Fleet) -> None:
     """django-celery-beat's scheduler has no lock of its own; LockedDatabaseScheduler adds one."""
-    every, lock_timeout = 2.0, 5
+    # The interval is longer than a takeover (lock timeout + one loop): a standby that went by the
+    # last_run_at it loaded at start, not the database's, would send again at once on taking over.
+    every, lock_timeout = 10.0, 5
     fleet.start_worker(queues=(PERIODIC_QUEUE,), name="periodic")
     settings = {"CLEANUP_EXPORTS_EVERY": str(every), "CELERY_REDBEAT_LOCK_TIMEOUT": str(lock_timeout)}
     one = start_beat(fleet, "dbbeat-a", DATABASE, **settings)
     two = start_beat(fleet, "dbbeat-b", DATABASE, **settings)
 
-    runs = wait_for_runs(fleet, 5, one, two, timeout=120)
+    runs = wait_for_runs(fleet, 2, one, two, timeout=120)
     active, standby = (one, two) if one.sends() else (two, one)
     assert standby.sends() == [], "both database beats sent the schedule"
     assert standby.logged("standing by"), standby.text()[-3000:]
     assert_each_run_once(runs, every)
 
+    # Kill the active beat just after a send (give it a moment to record last_run_at).
+    last = runs[-1][0]
+    wait_until(lambda: time.time() > last + 1, timeout=10, what="a second to pass")
     active.process.send(signal.SIGKILL)
     active.process.wait(10)
-    before = len(received(fleet))
-    wait_until(lambda: alive(standby)() or standby.sends(), timeout=lock_timeout + 60, what="the standby to send")
-    after = wait_for_runs(fleet, before + 3, standby, timeout=60)
+    after = wait_for_runs(fleet, len(runs) + 2, standby, timeout=90)
+    assert standby.sends(), "the standby never took over"
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(after)]
+    assert min(gaps) > every * 0.85, f"a run was repeated on takeover: gaps {gaps}"
     assert_each_run_once(after, every)

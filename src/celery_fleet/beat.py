@@ -46,6 +46,8 @@ from redbeat.schedulers import RedBeatScheduler, ensure_conf, get_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from celery_fleet.lifecycle import probe_dir
+
 logger = logging.getLogger("celery_fleet.beat")
 
 #: Seconds the lock outlives a silent beat when ``redbeat_lock_timeout`` is not set.
@@ -100,7 +102,7 @@ class BeatLock:
             self.held = False
             logger.error(
                 "beat: lost the lock %s (no refresh for over %.0fs?); now held by %s. "
-                "This beat stops sending and stands by.",
+                "This beat sends again only once it holds the lock.",
                 self.key,
                 self.timeout,
                 self.holder() or "nobody",
@@ -131,11 +133,6 @@ def default_owner() -> str:
 def loop_interval(max_interval: float, lock_timeout: float) -> float:
     """The longest sleep between ticks that keeps the lock fresh: at most a quarter of its timeout."""
     return max(0.5, min(float(max_interval), lock_timeout / LOCK_REFRESHES_PER_TIMEOUT))
-
-
-def _probe_dir() -> Path | None:
-    configured = os.environ.get("CELERY_FLEET_PROBE_DIR")
-    return Path(configured) if configured else None
 
 
 def write_heartbeat(
@@ -221,6 +218,24 @@ class LockGuard:
             )
 
 
+_REDBEAT_SETTINGS = ("redbeat_redis_url", "redbeat_redis_options", "redbeat_key_prefix", "redbeat_lock_key")
+
+
+def adopt_namespaced_redbeat_settings(app: Any) -> None:
+    """Make redbeat see ``CELERY_REDBEAT_*`` Django settings as set.
+
+    redbeat 2.4 reads the values through Celery (namespace-aware) but tests whether they are
+    set against the raw key names, which carry Django's ``CELERY_`` prefix: it then warns that
+    ``redbeat_redis_url`` is unset and ignores ``CELERY_REDBEAT_REDIS_OPTIONS``.  Copying the
+    values under their plain names (before redbeat first reads its config) fixes both.
+    """
+    present = {str(key).upper() for key in app.conf}
+    for name in _REDBEAT_SETTINGS:
+        value = app.conf.get(name)
+        if name.upper() not in present and value is not None:
+            app.conf[name] = value
+
+
 def _lock_timeout(app: Any) -> float:
     return float(ensure_conf(app).lock_timeout or DEFAULT_LOCK_TIMEOUT)
 
@@ -233,13 +248,14 @@ class LockedRedBeatScheduler(RedBeatScheduler):
     lock_timeout: float
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        adopt_namespaced_redbeat_settings(app)
         super().__init__(app, *args, **kwargs)
         key = self.lock_key or ensure_conf(app).key_prefix + ":lock"
         # Not redbeat's fallback (5 x 300 s): a dead beat's lock should not block a standby for 25 min.
         timeout = _lock_timeout(app)
         self.lock_timeout = timeout
         self.max_interval = loop_interval(self.max_interval, timeout)
-        self.guard = LockGuard(BeatLock(get_redis(app), key, timeout), self.max_interval, _probe_dir())
+        self.guard = LockGuard(BeatLock(get_redis(app), key, timeout), self.max_interval, probe_dir(app))
         # redbeat's own lock handling (a blocking acquire in beat_init, extend in tick) is off:
         # it keys on ``lock_key``; the guard holds the same key instead.
         self.fleet_lock_key = key
@@ -276,14 +292,14 @@ def _build_locked_database_scheduler() -> type:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            adopt_namespaced_redbeat_settings(self.app)
             conf = ensure_conf(self.app)
             timeout = _lock_timeout(self.app)
             self.lock_timeout = timeout
             self.fleet_lock_key = conf.lock_key or conf.key_prefix + ":lock"
             self.max_interval = loop_interval(self.max_interval, timeout)
-            self.guard = LockGuard(
-                BeatLock(get_redis(self.app), self.fleet_lock_key, timeout), self.max_interval, _probe_dir()
-            )
+            lock = BeatLock(get_redis(self.app), self.fleet_lock_key, timeout)
+            self.guard = LockGuard(lock, self.max_interval, probe_dir(self.app))
             # redbeat's beat_init handler (connected on import) looks for this; None = not its lock.
             self.lock_key = None
 
@@ -315,6 +331,7 @@ def _build_locked_database_scheduler() -> type:
             )
 
     LockedDatabaseScheduler.__module__ = __name__
+    LockedDatabaseScheduler.__qualname__ = "LockedDatabaseScheduler"
     return LockedDatabaseScheduler
 
 

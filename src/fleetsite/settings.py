@@ -143,20 +143,28 @@ CELERY_TASK_ROUTES = {
     "jobs.tasks.cleanup_exports": {"queue": PERIODIC_QUEUE},
     "jobs.tasks.backup_database": {"queue": PERIODIC_QUEUE},
 }
-# Beat on Redis with a lock (celery-redbeat): a second beat waits instead of doubling every run.
-CELERY_BEAT_SCHEDULER = env.str("CELERY_BEAT_SCHEDULER", "redbeat.RedBeatScheduler")
+# Beat on Redis with a lock held every loop (celery-redbeat, wrapped): a second beat stands by.
+CELERY_BEAT_SCHEDULER = env.str("CELERY_BEAT_SCHEDULER", "celery_fleet.beat.LockedRedBeatScheduler")
 # Seconds the beat lock outlives a silent beat before another beat may take over.
 CELERY_REDBEAT_LOCK_TIMEOUT = env.int("CELERY_REDBEAT_LOCK_TIMEOUT", 60, minimum=5)
-CELERY_REDBEAT_REDIS_URL = env.str("CELERY_REDBEAT_REDIS_URL", "") or None
+# Where beat keeps schedules and its lock: the broker's Redis unless set.
+CELERY_REDBEAT_REDIS_URL = env.str("CELERY_REDBEAT_REDIS_URL", "") or CELERY_BROKER_URL
+# Fail fast on a dead connection instead of hanging the scheduler loop.
+CELERY_REDBEAT_REDIS_OPTIONS = {"socket_timeout": 15, "socket_connect_timeout": 5, "health_check_interval": 25}
+# No result backend: without this beat adds a daily celery.backend_cleanup on the default queue.
+CELERY_RESULT_EXPIRES = None
 # Periodic work from settings; people who edit schedules at run time use django-celery-beat.
 CELERY_BEAT_SCHEDULE = {
     "cleanup-exports": {
         "task": "jobs.tasks.cleanup_exports",
         "schedule": env.float("CLEANUP_EXPORTS_EVERY", 3600.0, minimum=1),
+        # A run that waited a whole interval is superseded by the next one: don't pile them up.
+        "options": {"expires": env.float("CLEANUP_EXPORTS_EVERY", 3600.0, minimum=1)},
     },
     "backup-database": {
         "task": "jobs.tasks.backup_database",
         "schedule": env.float("BACKUP_DATABASE_EVERY", 3600.0, minimum=1),
+        "options": {"expires": env.float("BACKUP_DATABASE_EVERY", 3600.0, minimum=1)},
     },
 }
 # Queues the exporter and autoscaler watch even when no worker consumes them.

@@ -124,7 +124,8 @@ class LocalFleet:
                 env,
             )
         if config.beat:
-            self._service("beat", roles.beat_argv(loglevel=config.loglevel), env)
+            beat_env = {**env, "CELERY_FLEET_PROBE_DIR": str(config.data_dir / "probes" / "beat")}
+            self._service("beat", roles.beat_argv(loglevel=config.loglevel), beat_env)
         wait_until(
             lambda: port_open(
                 config.web_host if config.web_host != "0.0.0.0" else "127.0.0.1", config.web_port

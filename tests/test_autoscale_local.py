@@ -110,3 +110,75 @@ def test_burst_scales_up_and_back_down_to_min_with_every_task_accounted_for(
     assert group.drain_seconds
     assert max(group.drain_seconds) < 60.0
     assert "SIGKILL" not in fleet.logs()
+
+
+class Stats:
+    def __init__(self, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
+        self.waiting, self.held, self.oldest_age_seconds = waiting, held, oldest_age_seconds
+
+
+class CountingControl:
+    """In-memory replica counts: a unit test of the loop's bookkeeping, not of workers."""
+
+    def __init__(self, **replicas: int) -> None:
+        self.counts = dict(replicas)
+        self.calls: list[tuple[str, str, int]] = []
+
+    def replicas(self, group: str) -> int:
+        return self.counts[group]
+
+    def scale_up(self, group: str, count: int) -> None:
+        self.calls.append(("up", group, count))
+        self.counts[group] += count
+
+    def scale_down(self, group: str, count: int) -> None:
+        self.calls.append(("down", group, count))
+        self.counts[group] -= count
+
+
+def test_group_metrics_sum_the_queues_of_a_group() -> None:
+    from celery_fleet.autoscale.local import group_metrics
+
+    stats = {"a": Stats(3, 1, 4.0), "b": Stats(2, 2, None), "c": Stats(9, 9, 99.0)}
+    m = group_metrics(stats, ("a", "b", "missing"))
+    assert (m.waiting, m.held, m.oldest_age_seconds, m.backlog) == (5, 3, 4.0, 8)
+
+
+def test_step_scales_each_group_and_logs_changes_once() -> None:
+    stats = {"default": Stats(10, 0, 3.0), "exports": Stats(0, 0, None)}
+    control = CountingControl(default=1, exports=2)
+    policy = replace(recommended_policy(backlog_per_worker=2.0), min_replicas=1, max_replicas=4)
+    lines: list[str] = []
+    now = [0.0]
+    scaler = LocalAutoscaler(
+        control,
+        [GroupTarget("default", ("default",), policy), GroupTarget("exports", ("exports",), policy)],
+        lambda queues: stats,
+        log=lines.append,
+        clock=lambda: now[0],
+    )
+    decisions = scaler.step()
+    assert decisions["default"].desired == 4  # ceil(10 / 2) = 5, max 4
+    assert decisions["exports"].desired == 1  # fresh history: nothing to stabilize against
+    assert control.calls == [("up", "default", 3), ("down", "exports", 1)]
+    assert len(lines) == 2
+    assert lines[0].startswith("autoscale group=default current=1 desired=4 backlog=10")
+    now[0] = 5.0
+    stats["default"] = Stats(0, 8, 0.0)
+    scaler.step()  # new inputs: one line per group
+    assert len(lines) == 4
+    assert "group=default current=4 desired=4 backlog=8" in lines[2]
+    scaler.step()  # the same again, nothing changes: quiet
+    assert len(lines) == 4
+    assert control.counts == {"default": 4, "exports": 1}
+
+
+def test_a_failed_read_makes_no_decision() -> None:
+    def broken(queues: object) -> dict[str, Stats]:
+        raise ConnectionError("broker down")
+
+    control = CountingControl(default=3)
+    scaler = LocalAutoscaler(control, [GroupTarget("default", ("default",), recommended_policy())], broken)
+    with pytest.raises(ConnectionError):
+        scaler.step()
+    assert control.calls == []

@@ -44,7 +44,11 @@ def probe(check: str, directory: Path, max_age: float) -> None:
 @click.option("--grace-period", type=int, default=None, help="Default: drain window + margin.")
 @click.option("--visibility-timeout", type=int, default=None, help="Default: time limit + margin.")
 def timings(
-    soft_time_limit: int, time_limit: int, drain_window: int, grace_period: int | None, visibility_timeout: int | None
+    soft_time_limit: int,
+    time_limit: int,
+    drain_window: int,
+    grace_period: int | None,
+    visibility_timeout: int | None,
 ) -> None:
     """Check a set of worker timings and print the derived ones as JSON."""
     value = Timings(soft_time_limit, time_limit, drain_window, grace_period, visibility_timeout)
@@ -57,11 +61,15 @@ def timings(
 
 def _register_optional_commands() -> None:
     """Subcommands living in their own modules (each module owns its options)."""
+    from celery_fleet.autoscale.deletion_cost import deletion_cost_command
+    from celery_fleet.autoscale.simulate import simulate_command
     from celery_fleet.beat import probe_beat
     from celery_fleet.exporter.cli import exporter
     from celery_fleet.local.up import up
 
     main.add_command(up)
+    main.add_command(simulate_command, name="simulate")
+    main.add_command(deletion_cost_command, name="deletion-cost")
     main.add_command(exporter)
     main.add_command(probe_beat)
 

@@ -33,25 +33,40 @@ def worker_argv(
     pool: str = "prefork",
 ) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", app, "worker",
-        "--queues", ",".join(queues),
-        "--hostname", hostname,
-        "--concurrency", str(concurrency),
-        "--pool", pool,
-        "--loglevel", loglevel,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--hostname",
+        hostname,
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        pool,
+        "--loglevel",
+        loglevel,
         # Gossip and mingle chatter grows with the fleet and buys nothing here.
-        "--without-gossip", "--without-mingle",
+        "--without-gossip",
+        "--without-mingle",
     ]
 
 
-def beat_argv(*, loglevel: str = "INFO", app: str = DEFAULT_CELERY_APP, schedule_file: Path | None = None) -> list[str]:
+def beat_argv(
+    *, loglevel: str = "INFO", app: str = DEFAULT_CELERY_APP, schedule_file: Path | None = None
+) -> list[str]:
     argv = [sys.executable, "-m", "celery", "-A", app, "beat", "--loglevel", loglevel]
     if schedule_file is not None:
         argv += ["--schedule", str(schedule_file)]
     return argv
 
 
-def web_argv(wsgi: str = "fleetsite.wsgi:application", config: str = "python:fleetsite.gunicorn_conf") -> list[str]:
+def web_argv(
+    wsgi: str = "fleetsite.wsgi:application", config: str = "python:fleetsite.gunicorn_conf"
+) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--config", config, wsgi]
 
 

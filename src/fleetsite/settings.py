@@ -150,7 +150,11 @@ CELERY_REDBEAT_LOCK_TIMEOUT = env.int("CELERY_REDBEAT_LOCK_TIMEOUT", 60, minimum
 # Where beat keeps schedules and its lock: the broker's Redis unless set.
 CELERY_REDBEAT_REDIS_URL = env.str("CELERY_REDBEAT_REDIS_URL", "") or CELERY_BROKER_URL
 # Fail fast on a dead connection instead of hanging the scheduler loop.
-CELERY_REDBEAT_REDIS_OPTIONS = {"socket_timeout": 15, "socket_connect_timeout": 5, "health_check_interval": 25}
+CELERY_REDBEAT_REDIS_OPTIONS = {
+    "socket_timeout": 15,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 25,
+}
 # No result backend: without this beat adds a daily celery.backend_cleanup on the default queue.
 CELERY_RESULT_EXPIRES = None
 # Periodic work from settings; people who edit schedules at run time use django-celery-beat.

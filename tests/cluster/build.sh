@@ -15,7 +15,8 @@ command -v go >/dev/null || die "go not found in PATH"
 
 export CGO_ENABLED=0
 export GOWORK=off
-export GOFLAGS="${GOFLAGS:-} -p=${BUILD_PARALLEL:-2}"
+# -buildvcs=false: binaries must not depend on the state of this checkout
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false -p=${BUILD_PARALLEL:-2}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 NICE=(nice -n "${BUILD_NICE:-15}")
 

@@ -249,9 +249,11 @@ def recommended_policy(
 ) -> ScalingPolicy:
     """celery-fleet's defaults: count held messages, react within seconds, go down gently.
 
-    Scale-up: no stabilization, up to max(+100 %, +4 pods) per 10 s.  Scale-down: the largest
-    recommendation of the last 60 s, at most 50 % per 30 s; back to zero after 60 s idle.
-    Workers stop through the graceful drain, idle ones first, so going down is cheap.
+    Decide every 5 s.  Scale-up: no stabilization, up to max(+100 %, +10 pods) per 10 s (the
+    backlog is a count of real work, not a noisy utilisation, so it can be trusted at once).
+    Scale-down: the largest recommendation of the last 30 s, then the HPA's default rate (100 %
+    per 15 s); back to zero after 60 s idle.  Held (running) tasks count, so busy workers are not scaled away
+    under their tasks, and workers stop through the graceful drain, idle ones first.
     """
     return ScalingPolicy(
         backlog_per_worker=backlog_per_worker,
@@ -261,10 +263,10 @@ def recommended_policy(
         behavior=Behavior(
             scale_up=ScalingRules(
                 0,
-                (RatePolicy(PolicyType.PERCENT, 100, 10), RatePolicy(PolicyType.PODS, 4, 10)),
+                (RatePolicy(PolicyType.PERCENT, 100, 10), RatePolicy(PolicyType.PODS, 10, 10)),
                 SelectPolicy.MAX,
             ),
-            scale_down=ScalingRules(60, (RatePolicy(PolicyType.PERCENT, 50, 30),), SelectPolicy.MAX),
+            scale_down=ScalingRules(30, (RatePolicy(PolicyType.PERCENT, 100, 15),), SelectPolicy.MAX),
         ),
         activation_backlog=0.0,
         cooldown_seconds=60.0,

@@ -81,9 +81,17 @@ class Exporter:
             self.registry.register(AmqpQueueCollector(self.amqp, self.known_queues, health=self.health))
         else:
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
 
+            # A scrape must answer within Prometheus's scrape timeout (10 s by default), even
+            # when Redis hangs: at most two 3 s tries, then the scrape reports broker_up 0.
             self.redis = redis.Redis.from_url(
-                self.broker_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=25
+                self.broker_url,
+                socket_timeout=3,
+                socket_connect_timeout=3,
+                health_check_interval=25,
+                retry=Retry(NoBackoff(), 1),
             )
             self.registry.register(
                 RedisQueueCollector(
@@ -197,7 +205,7 @@ def exporter(
     """Serve queue backlog, latency, worker and task metrics on /metrics (and /healthz)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # No *_created series: they double the series count and no dashboard reads them.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     running = Exporter(
         broker_url=check_broker_url(broker_url),
         queues=parse_queues(queues),

@@ -19,13 +19,7 @@ from prometheus_client.registry import Collector
 
 from celery_fleet.exporter.amqp_accounting import AmqpAccounting
 from celery_fleet.exporter.events import WorkerInfo, WorkerTable
-from celery_fleet.exporter.redis_accounting import (
-    DEFAULT_HELD_LIMIT,
-    QueueStats,
-    held_counts,
-    waiting_and_oldest,
-    with_held,
-)
+from celery_fleet.exporter.redis_accounting import DEFAULT_HELD_LIMIT, QueueStats, read_queues
 
 logger = logging.getLogger("celery_fleet.exporter.collectors")
 
@@ -95,9 +89,9 @@ class RedisQueueCollector(Collector):
         up = GaugeMetricFamily("celery_fleet_exporter_broker_up", "1 if the last broker read worked.")
         try:
             now = time.time()
-            waiting = waiting_and_oldest(self.client, queues, now=now, key_prefix=self.key_prefix)
-            held = held_counts(self.client, queues, key_prefix=self.key_prefix, held_limit=self.held_limit)
-            stats = with_held(waiting, held)
+            stats, held = read_queues(
+                self.client, queues, now=now, key_prefix=self.key_prefix, held_limit=self.held_limit
+            )
         except Exception as exc:
             logger.warning("could not read queues from Redis: %s", exc)
             self.health.record(False, time.perf_counter() - began, str(exc))
@@ -149,8 +143,13 @@ class RedisQueueCollector(Collector):
         )
         truncated.add_metric([], 1 if held.truncated else 0)
         up.add_metric([], 1)
-        self.health.record(True, time.perf_counter() - began)
-        yield from (length, by_priority, held_gauge, backlog, oldest, unstamped, truncated, up)
+        seconds = time.perf_counter() - began
+        self.health.record(True, seconds)
+        read = GaugeMetricFamily(
+            "celery_fleet_exporter_broker_read_seconds", "Time this scrape spent reading the broker."
+        )
+        read.add_metric([], seconds)
+        yield from (length, by_priority, held_gauge, backlog, oldest, unstamped, truncated, up, read)
 
 
 class AmqpQueueCollector(Collector):
@@ -206,17 +205,23 @@ class WorkerCollector(Collector):
     """
 
     def __init__(
-        self, table: WorkerTable, queues: Callable[[], Sequence[str]], *, worker_labels: bool = False
+        self,
+        table: WorkerTable,
+        queues: Callable[[], Sequence[str]],
+        *,
+        worker_labels: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
         self.queues = queues
         self.worker_labels = worker_labels
+        self.clock = clock
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        now = time.time()
+        now = self.clock()
         workers = self.table.snapshot(now)
         alive = [w for w in workers if w.alive(now)]
         names = list(dict.fromkeys([*self.queues(), *(q for w in alive for q in (w.queues or ()))]))

@@ -3,7 +3,7 @@
 kombu's Redis transport keeps one queue in several places:
 
 * **waiting** messages sit in Redis lists, one per priority step: ``<queue>`` for
-  priority 0 and ``<queue>\\x06\\16<n>`` for the others (``priority_steps``; Celery's
+  priority 0 and ``<queue>\\x06\\x16<n>`` for the others (``priority_steps``; Celery's
   default folds 0-9 into 0, 3, 6, 9, celery-fleet's preset keeps all ten).  Publishers
   ``LPUSH`` at the head, workers ``BRPOP`` from the tail, so the **tail** (``LINDEX -1``)
   is the oldest message of a list.  A message rejected with ``requeue`` goes back to the
@@ -12,18 +12,21 @@ kombu's Redis transport keeps one queue in several places:
   and live in the ``unacked`` hash: delivery tag -> JSON ``[message, exchange,
   routing_key]``, until the worker acks (or the visibility timeout restores them).
 
-Cost: one pipeline of ``LLEN`` plus two ``LINDEX`` per priority list (O(queues x
-steps), independent of how many messages wait), then ``HSCAN`` over the ``unacked``
-hash.  The hash holds at most *workers x prefetch* entries while workers are alive
-(plus what dead workers left until the visibility timeout restores it), so reading it
-is O(held); it is capped at ``held_limit`` entries per call (``truncated`` is set when
-the cap cut it short) so a pathological hash cannot make a scrape slow.
+Cost: one ``EVALSHA`` of :data:`READ_SCRIPT` per read, which runs ``LLEN`` plus two
+``LINDEX`` per priority list inside Redis (O(queues x steps), independent of how many
+messages wait) and ``HVALS`` of the ``unacked`` hash.  The hash holds at most *workers x
+prefetch* entries while workers are alive (plus what dead workers left until the
+visibility timeout restores it), so that part is O(held); above ``held_limit`` entries
+the script skips it and :func:`held_counts` reads at most ``held_limit`` entries with
+``HSCAN`` (``truncated`` set), so a pathological hash cannot make a scrape slow.  Where
+scripting is refused, the same reads go in one pipeline plus ``HSCAN``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -90,6 +93,195 @@ def published_at(raw: bytes | str | None) -> float | None:
     return stamp if stamp > 0 else None
 
 
+#: One round trip, run inside Redis.  KEYS are the priority lists (ARGV[2] per queue) and,
+#: last, kombu's ``unacked`` hash.  Per queue it returns the lists' lengths
+#: (comma-separated), the oldest publish stamp found at either end of any list (a string:
+#: Lua numbers would lose the fraction) and 1 if an end had no stamp.  The stamp is matched
+#: in the raw JSON (kombu base64-encodes bodies, so only headers can hold the pattern),
+#: never decoded; no message leaves Redis.  Before those: the number of held messages and,
+#: if it is at most ARGV[3], their count per (exchange, routing key), read from the end of
+#: each ``[message, exchange, routing_key]`` entry (ARGV[3] < 0: held messages not read).
+READ_SCRIPT = """
+local pattern = ARGV[1]
+local steps = tonumber(ARGV[2])
+local held_limit = tonumber(ARGV[3])
+local unacked = KEYS[#KEYS]
+local n_held = -1
+local held = {}
+if held_limit >= 0 then
+  n_held = redis.call('HLEN', unacked)
+  if n_held <= held_limit then
+    local counts = {}
+    for _, entry in ipairs(redis.call('HVALS', unacked)) do
+      local ex, rk = string.match(entry, ',%s*"([^"]*)"%s*,%s*"([^"]*)"%s*%]%s*$')
+      if ex then
+        local k = ex .. '\\n' .. rk
+        counts[k] = (counts[k] or 0) + 1
+      end
+    end
+    for k, c in pairs(counts) do
+      held[#held + 1] = k
+      held[#held + 1] = c
+    end
+  end
+end
+local out = {n_held, held}
+for first = 1, #KEYS - 1, steps do
+  local lengths = {}
+  local oldest = nil
+  local unstamped = 0
+  for i = first, first + steps - 1 do
+    local key = KEYS[i]
+    local n = redis.pcall('LLEN', key)
+    if type(n) ~= 'number' then
+      n = 0  -- WRONGTYPE: not a kombu list, no messages
+    end
+    lengths[#lengths + 1] = n
+    if n > 0 then
+      for _, index in ipairs({-1, 0}) do
+        local stamp = tonumber(string.match(redis.call('LINDEX', key, index) or '', pattern) or '')
+        if stamp and stamp > 0 then
+          if oldest == nil or stamp < oldest then
+            oldest = stamp
+          end
+        else
+          unstamped = 1
+        end
+      end
+    end
+  end
+  out[#out + 1] = table.concat(lengths, ',')
+  out[#out + 1] = oldest and string.format('%.6f', oldest) or ''
+  out[#out + 1] = unstamped
+end
+return out
+"""
+STAMP_PATTERN = '"' + PUBLISHED_AT_HEADER.replace("-", "%-") + '"%s*:%s*([%d%.eE%+%-]+)'
+
+PerQueue = list[tuple[list[int], float | None, bool]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _script_read(
+    client: Any, keys: list[str], steps: int, unacked_key: str, held_limit: int
+) -> tuple[PerQueue, Counter[tuple[str, str]] | None]:
+    """Per-queue reads and, unless there are more than ``held_limit``, held counts by (exchange, key)."""
+    # EVALSHA (redis-py loads the script once per server and reloads it after a NOSCRIPT).
+    script = client.register_script(READ_SCRIPT)
+    reply = script(keys=[*keys, unacked_key], args=[STAMP_PATTERN, steps, held_limit])
+    n_held, flat = int(reply[0]), reply[1]
+    held: Counter[tuple[str, str]] | None = None
+    if 0 <= n_held <= held_limit:
+        held = Counter()
+        for i in range(0, len(flat), 2):
+            exchange, _, routing_key = _text(flat[i]).partition("\n")
+            held[(exchange, routing_key)] += int(flat[i + 1])
+    result: PerQueue = []
+    for i in range(2, len(reply), 3):
+        lengths, oldest, unstamped = reply[i : i + 3]
+        stamp = float(oldest) if oldest not in (b"", "") else None
+        result.append(([int(n) for n in _text(lengths).split(",")], stamp, bool(int(unstamped))))
+    return result, held
+
+
+def _per_key_pipeline(client: Any, keys: list[str]) -> list[tuple[int, float | None, bool]]:
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.llen(key)
+            pipe.lindex(key, -1)
+            pipe.lindex(key, 0)
+        replies = pipe.execute(raise_on_error=False)
+    result: list[tuple[int, float | None, bool]] = []
+    for i in range(len(keys)):
+        length, tail, head = replies[3 * i : 3 * i + 3]
+        if isinstance(length, Exception) or not length:
+            # WRONGTYPE: something that is not a kombu list took the name; it holds no messages.
+            result.append((0, None, False))
+            continue
+        stamps = [
+            published_at(end) for end in (tail, head) if end is not None and not isinstance(end, Exception)
+        ]
+        found = [stamp for stamp in stamps if stamp is not None]
+        result.append((int(length), min(found) if found else None, len(found) < len(stamps)))
+    return result
+
+
+def _pipeline_per_queue(client: Any, keys: list[str], steps: int) -> PerQueue:
+    per_key = _per_key_pipeline(client, keys)
+    result: PerQueue = []
+    for first in range(0, len(per_key), steps):
+        chunk = per_key[first : first + steps]
+        stamps = [stamp for _, stamp, _ in chunk if stamp is not None]
+        result.append(
+            ([n for n, _, _ in chunk], min(stamps) if stamps else None, any(u for _, _, u in chunk))
+        )
+    return result
+
+
+def _stats(
+    queues: Sequence[str], steps: Sequence[int], per_queue: PerQueue, now: float
+) -> dict[str, QueueStats]:
+    result = {}
+    for queue, (lengths, stamp, no_stamp) in zip(queues, per_queue, strict=True):
+        by_priority = {step: n for step, n in zip(steps, lengths, strict=True) if n}
+        result[queue] = QueueStats(
+            waiting=sum(by_priority.values()),
+            held=0,
+            oldest_age_seconds=None if stamp is None else max(0.0, now - stamp),
+            waiting_by_priority=by_priority,
+            unstamped_oldest=no_stamp,
+        )
+    return result
+
+
+def _scripting_refused(exc: Exception) -> bool:
+    """Scripting is disabled (ACL, some managed Redis): read with plain commands instead."""
+    text = str(exc).lower()
+    return "noperm" in text or "unknown command" in text or "scripting" in text
+
+
+def read_queues(
+    client: Any,
+    queues: Sequence[str],
+    *,
+    now: float | None = None,
+    priority_steps: Sequence[int] = ALL_PRIORITY_STEPS,
+    key_prefix: str = "",
+    held_limit: int = DEFAULT_HELD_LIMIT,
+    use_script: bool = True,
+) -> tuple[dict[str, QueueStats], HeldCounts]:
+    """Everything one scrape needs: per-queue stats (held included) and the held totals.
+
+    One ``EVALSHA`` of :data:`READ_SCRIPT` in the usual case; one more round trip when a
+    held message came through an exchange other than its queue's own (binding tables),
+    and the ``HSCAN`` path of :func:`held_counts` when more than ``held_limit`` are held.
+    Where scripting is not allowed: one pipeline of ``LLEN``/``LINDEX`` plus ``HSCAN``.
+    """
+    queues = list(dict.fromkeys(queues))
+    steps = list(priority_steps)
+    keys = [priority_key(queue, step, key_prefix=key_prefix) for queue in queues for step in steps]
+    unacked_key = f"{key_prefix}{UNACKED_KEY}"
+    per_queue: PerQueue | None = None
+    pairs: Counter[tuple[str, str]] | None = None
+    if use_script:
+        try:
+            per_queue, pairs = _script_read(client, keys, len(steps), unacked_key, held_limit)
+        except Exception as exc:
+            if not _scripting_refused(exc):
+                raise
+    if per_queue is None:
+        per_queue = _pipeline_per_queue(client, keys, len(steps))
+    if pairs is None:
+        held = held_counts(client, queues, key_prefix=key_prefix, held_limit=held_limit)
+    else:
+        held = _assign_held(client, pairs, set(queues), key_prefix=key_prefix, truncated=False)
+    stats = _stats(queues, steps, per_queue, time.time() if now is None else now)
+    return with_held(stats, held), held
+
+
 def waiting_and_oldest(
     client: Any,
     queues: Sequence[str],
@@ -97,48 +289,22 @@ def waiting_and_oldest(
     now: float | None = None,
     priority_steps: Sequence[int] = ALL_PRIORITY_STEPS,
     key_prefix: str = "",
+    use_script: bool = True,
 ) -> dict[str, QueueStats]:
-    """Waiting messages per queue and priority, and the oldest one's age: one pipeline round trip."""
-    keys = [(queue, step) for queue in queues for step in priority_steps]
-    with client.pipeline(transaction=False) as pipe:
-        for queue, step in keys:
-            key = priority_key(queue, step, key_prefix=key_prefix)
-            pipe.llen(key)
-            pipe.lindex(key, -1)
-            pipe.lindex(key, 0)
-        replies = pipe.execute(raise_on_error=False)
-    now = time.time() if now is None else now
-    by_priority: dict[str, dict[int, int]] = {queue: {} for queue in queues}
-    oldest: dict[str, float | None] = dict.fromkeys(queues)
-    unstamped: dict[str, bool] = dict.fromkeys(queues, False)
-    for index, (queue, step) in enumerate(keys):
-        length, tail, head = replies[3 * index : 3 * index + 3]
-        if isinstance(length, Exception):
-            # WRONGTYPE: something that is not a kombu list took the name; it holds no messages.
-            continue
-        by_priority[queue][step] = int(length)
-        if not length:
-            continue
-        for end in (tail, head):
-            if isinstance(end, Exception) or end is None:
-                continue
-            stamp = published_at(end)
-            if stamp is None:
-                unstamped[queue] = True
-                continue
-            age = max(0.0, now - stamp)
-            current = oldest[queue]
-            oldest[queue] = age if current is None else max(current, age)
-    return {
-        queue: QueueStats(
-            waiting=sum(by_priority[queue].values()),
-            held=0,
-            oldest_age_seconds=oldest[queue],
-            waiting_by_priority={step: n for step, n in by_priority[queue].items() if n},
-            unstamped_oldest=unstamped[queue],
-        )
-        for queue in queues
-    }
+    """Waiting messages per queue and priority, and the oldest one's age (``held`` left 0)."""
+    queues = list(dict.fromkeys(queues))
+    steps = list(priority_steps)
+    keys = [priority_key(queue, step, key_prefix=key_prefix) for queue in queues for step in steps]
+    per_queue: PerQueue | None = None
+    if use_script:
+        try:
+            per_queue, _ = _script_read(client, keys, len(steps), f"{key_prefix}{UNACKED_KEY}", -1)
+        except Exception as exc:
+            if not _scripting_refused(exc):
+                raise
+    if per_queue is None:
+        per_queue = _pipeline_per_queue(client, keys, len(steps))
+    return _stats(queues, steps, per_queue, time.time() if now is None else now)
 
 
 def _queue_of_held(
@@ -174,22 +340,30 @@ def held_counts(
     held_limit: int = DEFAULT_HELD_LIMIT,
     scan_count: int = 1000,
 ) -> HeldCounts:
-    """Unacknowledged (prefetched or running) messages per queue from kombu's ``unacked`` hash."""
-    wanted = set(queues)
-    pairs: list[tuple[str, str]] = []
+    """Unacknowledged (prefetched or running) messages per queue, by ``HSCAN`` of kombu's ``unacked`` hash."""
+    pairs: Counter[tuple[str, str]] = Counter()
+    read = 0
     cursor = 0
     truncated = False
     while True:
-        cursor, chunk = client.hscan(f"{key_prefix}{UNACKED_KEY}", cursor, count=scan_count)
+        count = min(scan_count, max(1, held_limit - read))
+        cursor, chunk = client.hscan(f"{key_prefix}{UNACKED_KEY}", cursor, count=count)
         for raw in chunk.values():
             pair = _exchange_and_routing_key(raw)
             if pair is not None:
-                pairs.append(pair)
+                pairs[pair] += 1
+                read += 1
         if not cursor:
             break
-        if len(pairs) >= held_limit:
+        if read >= held_limit:
             truncated = True
             break
+    return _assign_held(client, pairs, set(queues), key_prefix=key_prefix, truncated=truncated)
+
+
+def _assign_held(
+    client: Any, pairs: Counter[tuple[str, str]], wanted: set[str], *, key_prefix: str, truncated: bool
+) -> HeldCounts:
     # Binding tables only for exchanges that are not simply "the queue's own name".
     exchanges = sorted({ex for ex, rk in pairs if ex and not (ex == rk and rk in wanted)})
     tables: dict[str, list[tuple[str, ...]]] = {}
@@ -198,15 +372,12 @@ def held_counts(
             for exchange in exchanges:
                 pipe.smembers(f"{key_prefix}{BINDING_KEY % exchange}")
             for exchange, members in zip(exchanges, pipe.execute(), strict=True):
-                tables[exchange] = [
-                    tuple((m.decode() if isinstance(m, bytes) else str(m)).split(PRIORITY_SEP))
-                    for m in members
-                ]
+                tables[exchange] = [tuple(_text(m).split(PRIORITY_SEP)) for m in members]
     per_queue = dict.fromkeys(wanted, 0)
-    for exchange, routing_key in pairs:
+    for (exchange, routing_key), count in pairs.items():
         queue = _queue_of_held(exchange, routing_key, wanted, tables)
-        per_queue[queue] = per_queue.get(queue, 0) + 1
-    return HeldCounts(per_queue=per_queue, total=len(pairs), truncated=truncated)
+        per_queue[queue] = per_queue.get(queue, 0) + count
+    return HeldCounts(per_queue=per_queue, total=sum(pairs.values()), truncated=truncated)
 
 
 def queue_stats(
@@ -217,6 +388,7 @@ def queue_stats(
     priority_steps: Sequence[int] = ALL_PRIORITY_STEPS,
     key_prefix: str = "",
     held_limit: int = DEFAULT_HELD_LIMIT,
+    use_script: bool = True,
 ) -> dict[str, QueueStats]:
     """``{queue: QueueStats(waiting, held, oldest_age_seconds)}`` for each of ``queues``.
 
@@ -224,14 +396,18 @@ def queue_stats(
     needs the number 0, not a missing series.  Raises ``redis.RedisError`` when the
     broker cannot be read; the caller decides what a failed read means.
     """
-    queues = list(dict.fromkeys(queues))
     if not queues:
         return {}
-    waiting = waiting_and_oldest(
-        redis_client, queues, now=now, priority_steps=priority_steps, key_prefix=key_prefix
+    stats, _ = read_queues(
+        redis_client,
+        queues,
+        now=now,
+        priority_steps=priority_steps,
+        key_prefix=key_prefix,
+        held_limit=held_limit,
+        use_script=use_script,
     )
-    held = held_counts(redis_client, queues, key_prefix=key_prefix, held_limit=held_limit)
-    return with_held(waiting, held)
+    return stats
 
 
 def with_held(waiting: Mapping[str, QueueStats], held: HeldCounts) -> dict[str, QueueStats]:

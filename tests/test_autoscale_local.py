@@ -25,14 +25,13 @@ from celery_fleet.local.workers import WorkerGroup, WorkerGroupSpec
 from tests.support.fleet import Fleet
 from tests.support.ledger import enqueue_timed_work, read_runs
 
-pytestmark = pytest.mark.slow
-
 SHORT_TASKS = 24
 SHORT_SECONDS = 1.5
 LONG_TASKS = 2
 LONG_SECONDS = 15.0
 
 
+@pytest.mark.slow
 def test_burst_scales_up_and_back_down_to_min_with_every_task_accounted_for(
     fleet: Fleet, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -182,3 +181,36 @@ def test_a_failed_read_makes_no_decision() -> None:
     with pytest.raises(ConnectionError):
         scaler.step()
     assert control.calls == []
+
+
+def test_build_local_autoscaler_takes_each_group_from_the_fleet(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from celery_fleet.autoscale.local import build_local_autoscaler
+
+    lines: list[tuple[str, str]] = []
+    groups = {
+        name: WorkerGroup(
+            spec=WorkerGroupSpec(name, queues, concurrency=c, min_workers=1, max_workers=m),
+            env={},
+            probe_root=tmp_path,
+            sink=lambda n, line: None,
+            grace_period=10.0,
+        )
+        for name, queues, c, m in [
+            ("default", ("default",), 2, 4),
+            ("exports", ("exports", "periodic"), 1, 2),
+        ]
+    }
+    fleet = SimpleNamespace(
+        groups=groups, broker_url="redis://127.0.0.1:1/0", sink=lambda n, s: lines.append((n, s))
+    )
+    scaler = build_local_autoscaler(fleet)
+    targets = {t.name: t for t in scaler.groups}
+    assert targets["default"].queues == ("default",)
+    assert targets["exports"].queues == ("exports", "periodic")
+    assert targets["default"].policy.backlog_per_worker == 4.0  # 2 per worker process
+    assert (targets["default"].policy.min_replicas, targets["default"].policy.max_replicas) == (1, 4)
+    assert targets["exports"].policy.max_replicas == 2
+    scaler.log("hello")
+    assert lines == [("autoscaler", "hello")]

@@ -143,7 +143,7 @@ class LocalFleet:
 
     def _start_autoscaler(self) -> None:
         try:
-            from celery_fleet.autoscale.local import build_local_autoscaler  # type: ignore[attr-defined]
+            from celery_fleet.autoscale.local import build_local_autoscaler
         except ImportError:
             self._say("autoscaler", "not available in this build; workers stay at their starting count")
             return

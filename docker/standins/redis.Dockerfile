@@ -1,0 +1,9 @@
+# Test stand-in for the official `redis` image (no registry here): Debian's redis-server on the
+# locally made base. Same contract: port 6379, data in /data, AOF, password from REDIS_PASSWORD.
+ARG SERVICES_IMAGE=celery-fleet-services:bookworm
+FROM ${SERVICES_IMAGE}
+RUN mkdir -p /data && chown redis:redis /data
+USER redis
+WORKDIR /data
+EXPOSE 6379
+CMD ["sh", "-c", "exec redis-server --bind 0.0.0.0 --protected-mode no --dir /data --appendonly yes --save '' --requirepass \"$REDIS_PASSWORD\""]

@@ -1,0 +1,805 @@
+"""The Helm chart with the real helm binary: lint, render a matrix of values files, validate every
+object against the Kubernetes OpenAPI schemas offline, and check what the chart promises."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from celery_fleet.timings import REQUEUE_MARGIN_SECONDS, VISIBILITY_MARGIN_SECONDS, Timings
+from tests.support import helm as h
+
+CI_VALUES = sorted((h.CHART / "ci").glob("*.yaml"))
+CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
+RECOMMENDED = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "helm.sh/chart",
+)
+
+
+def ci(name: str) -> Path:
+    return h.CHART / "ci" / f"{name}-values.yaml"
+
+
+@functools.cache
+def rendered(values: Path) -> tuple[dict[str, Any], ...]:
+    return tuple(h.render([values]))
+
+
+def objects(docs: tuple[dict[str, Any], ...] | list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def by_name(docs: tuple[dict[str, Any], ...] | list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"])
+
+
+def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    return dict(
+        obj["metadata"]["labels"] if obj["kind"] == "Pod" else obj["spec"]["template"]["metadata"]["labels"]
+    )
+
+
+def pods(docs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in WORKLOAD_KINDS | {"Pod"}]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def workers(docs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in objects(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
+
+
+def selected(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        present = expr["key"] in labels
+        if expr["operator"] == "In" and labels.get(expr["key"]) not in expr["values"]:
+            return False
+        if expr["operator"] == "NotIn" and labels.get(expr["key"]) in expr["values"]:
+            return False
+        if expr["operator"] == "Exists" and not present:
+            return False
+    return True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chart_tools() -> None:
+    h.ensure_helm()
+
+
+# ---------------------------------------------------------------------------------- lint & schema
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_helm_lint_is_clean(values: Path) -> None:
+    out = h.helm("lint", "--strict", str(h.CHART), "--values", str(values), "--namespace", "fleet")
+    assert "0 chart(s) failed" in out, out
+    assert "[ERROR]" not in out, out
+    assert "[WARNING]" not in out, out
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_rendered_objects_match_kubernetes_openapi_schemas(values: Path) -> None:
+    docs = rendered(values)
+    core = [d for d in docs if d["kind"] not in CRD_KINDS]
+    assert len(core) >= 20
+    assert h.openapi_errors(core) == []
+
+
+def test_openapi_validation_can_fail() -> None:
+    deployment = dict(by_name(rendered(ci("defaults")), "Deployment", "fleet-celery-fleet-web"))
+    broken = {**deployment, "spec": {**deployment["spec"], "replicas": "two", "surprise": True}}
+    errors = h.openapi_errors([broken])
+    assert len(errors) == 1
+    assert "Deployment/fleet-celery-fleet-web" in errors[0]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_every_object_has_recommended_labels_and_the_release_namespace(values: Path) -> None:
+    for doc in rendered(values):
+        labels = doc["metadata"].get("labels", {})
+        ident = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert all(key in labels for key in RECOMMENDED), f"{ident} lacks recommended labels: {labels}"
+        assert labels["app.kubernetes.io/instance"] == "fleet"
+        assert doc["metadata"].get("namespace") == "fleet", ident
+        assert doc["metadata"]["name"].startswith("fleet-celery-fleet"), ident
+        assert len(doc["metadata"]["name"]) <= 63, ident
+
+
+# ---------------------------------------------------------------------------------- selectors
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_selectors_match_their_pods_and_no_other_workload(values: Path) -> None:
+    docs = rendered(values)
+    workloads = [d for d in docs if d["kind"] in {"Deployment", "StatefulSet"}]
+    for workload in workloads:
+        selector = workload["spec"]["selector"]
+        assert selected(selector, pod_labels(workload)), workload["metadata"]["name"]
+        others = [
+            w["metadata"]["name"]
+            for w in workloads
+            if w is not workload and selected(selector, pod_labels(w))
+        ]
+        assert others == [], f"{workload['metadata']['name']} also selects the pods of {others}"
+    for service in objects(docs, "Service"):
+        matches = [
+            w for w in workloads if selected({"matchLabels": service["spec"]["selector"]}, pod_labels(w))
+        ]
+        assert len(matches) == 1, service["metadata"]["name"]
+        container_ports = {p["name"] for c in pod_spec(matches[0])["containers"] for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in container_ports, service["metadata"]["name"]
+    for pdb in objects(docs, "PodDisruptionBudget"):
+        matches = [w for w in workloads if selected(pdb["spec"]["selector"], pod_labels(w))]
+        assert len(matches) == 1, pdb["metadata"]["name"]
+    every_pod = pods(docs)
+    for policy in objects(docs, "NetworkPolicy"):
+        assert any(selected(policy["spec"]["podSelector"], pod_labels(p)) for p in every_pod), policy[
+            "metadata"
+        ]["name"]
+    for pod in every_pod:
+        assert any(
+            selected(p["spec"]["podSelector"], pod_labels(pod)) for p in objects(docs, "NetworkPolicy")
+        ), f"{pod['metadata']['name']} has no NetworkPolicy"
+
+
+# ---------------------------------------------------------------------------------- security
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_pods_run_restricted(values: Path) -> None:
+    for pod in pods(rendered(values)):
+        name = pod["metadata"]["name"]
+        spec = pod_spec(pod)
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        component = pod_labels(pod)["app.kubernetes.io/component"]
+        assert spec["automountServiceAccountToken"] is (component == "deletion-cost"), name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in sc["capabilities"], name
+            assert sc.get("privileged") is not True, name
+            assert container["resources"]["limits"], name
+            assert container["resources"]["requests"], name
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            if component not in ("broker", "database", "test"):
+                assert "/tmp" in mounts, f"{name}/{container['name']} has no writable /tmp"
+    service_accounts = objects(rendered(values), "ServiceAccount")
+    shared = by_name(service_accounts, "ServiceAccount", "fleet-celery-fleet")
+    assert shared["automountServiceAccountToken"] is False
+
+
+def test_only_deletion_cost_talks_to_the_api_with_a_namespaced_role() -> None:
+    docs = rendered(ci("autoscaling-off"))
+    sa = by_name(docs, "ServiceAccount", "fleet-celery-fleet-deletion-cost")
+    assert sa["automountServiceAccountToken"] is True
+    role = by_name(docs, "Role", "fleet-celery-fleet-deletion-cost")
+    assert role["metadata"]["namespace"] == "fleet"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "patch"]}]
+    binding = by_name(docs, "RoleBinding", "fleet-celery-fleet-deletion-cost")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "fleet"}
+    ]
+    assert not objects(docs, "ClusterRole")
+    assert not objects(docs, "ClusterRoleBinding")
+    deployment = by_name(docs, "Deployment", "fleet-celery-fleet-deletion-cost")
+    command = pod_spec(deployment)["containers"][0]["command"]
+    assert command[:2] == ["celery-fleet", "deletion-cost"]
+    assert command[command.index("--namespace") + 1] == "fleet"
+    assert "app.kubernetes.io/component=worker" in command[command.index("--selector") + 1]
+    assert pod_spec(deployment)["serviceAccountName"] == sa["metadata"]["name"]
+    assert not any(d["metadata"]["name"].endswith("deletion-cost") for d in rendered(ci("defaults")))
+
+
+def test_network_policies_admit_only_the_components_that_need_each_service() -> None:
+    docs = rendered(ci("defaults"))
+
+    def admitted(name: str) -> set[str]:
+        policy = by_name(docs, "NetworkPolicy", name)
+        (rule,) = policy["spec"]["ingress"]
+        (peer,) = rule["from"]
+        assert "namespaceSelector" not in peer
+        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "fleet"
+        (expr,) = peer["podSelector"]["matchExpressions"]
+        assert expr["key"] == "app.kubernetes.io/component"
+        assert expr["operator"] == "In"
+        return set(expr["values"])
+
+    # Workers write job progress, the Job migrates: they need the database too (see docs/chart.md).
+    assert admitted("fleet-celery-fleet-database") == {"web", "worker", "migrations"}
+    assert admitted("fleet-celery-fleet-broker") == {"web", "worker", "beat", "exporter"}
+    for name in ("fleet-celery-fleet-worker", "fleet-celery-fleet-beat", "fleet-celery-fleet-migrations"):
+        policy = by_name(docs, "NetworkPolicy", name)
+        assert policy["spec"]["policyTypes"] == ["Ingress"], name
+        assert "ingress" not in policy["spec"], name
+
+
+# ---------------------------------------------------------------------------------- probes & timings
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_probes(values: Path) -> None:
+    docs = rendered(values)
+    web = pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-web"))["containers"][0]
+    assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert web["readinessProbe"]["httpGet"]["port"] == "http"
+    for deployment in workers(docs):
+        spec = pod_spec(deployment)
+        (container,) = spec["containers"]
+        probe_dir = env_of(container)["CELERY_FLEET_PROBE_DIR"]
+        assert container["livenessProbe"]["exec"]["command"] == [
+            "celery-fleet",
+            "probe",
+            "live",
+            "--dir",
+            probe_dir,
+        ]
+        assert container["readinessProbe"]["exec"]["command"] == [
+            "celery-fleet",
+            "probe",
+            "ready",
+            "--dir",
+            probe_dir,
+        ]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == probe_dir)
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert "emptyDir" in volume
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_worker_grace_period_is_the_drain_window_plus_margin(values: Path) -> None:
+    given = yaml.safe_load(values.read_text()) or {}
+    explicit = {
+        g["name"]: g.get("timings", {}).get("terminationGracePeriodSeconds") for g in given.get("workers", [])
+    }
+    deployments = workers(rendered(values))
+    assert deployments
+    for deployment in deployments:
+        group = deployment["metadata"]["labels"]["celery-fleet/worker-group"]
+        spec = pod_spec(deployment)
+        env = env_of(spec["containers"][0])
+        drain = int(env["CELERY_FLEET_DRAIN_WINDOW"])
+        timings = Timings(
+            int(env["CELERY_TASK_SOFT_TIME_LIMIT"]),
+            int(env["CELERY_TASK_TIME_LIMIT"]),
+            drain,
+            grace_period=explicit.get(group),
+        )
+        assert timings.check() == []
+        assert spec["terminationGracePeriodSeconds"] == timings.effective_grace_period
+        assert spec["terminationGracePeriodSeconds"] >= drain + REQUEUE_MARGIN_SECONDS
+        assert int(env["CELERY_FLEET_GRACE_PERIOD"]) == spec["terminationGracePeriodSeconds"]
+        assert env["REMAP_SIGTERM"] == "SIGQUIT"
+        assert "lifecycle" not in spec["containers"][0], "a worker preStop would eat into the drain window"
+
+
+def test_explicit_grace_period_and_derived_visibility_timeout() -> None:
+    docs = rendered(ci("hpa"))
+    exports = pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-worker-exports"))
+    assert exports["terminationGracePeriodSeconds"] == 90
+    default = pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-worker-default"))
+    assert default["terminationGracePeriodSeconds"] == 30 + REQUEUE_MARGIN_SECONDS
+    config = by_name(docs, "ConfigMap", "fleet-celery-fleet-config")["data"]
+    # One visibility timeout for the fleet: the largest time limit (exports: 600 s) + margin.
+    assert config["CELERY_FLEET_VISIBILITY_TIMEOUT"] == str(600 + VISIBILITY_MARGIN_SECONDS)
+    multi = by_name(rendered(ci("multi-groups")), "ConfigMap", "fleet-celery-fleet-config")["data"]
+    assert multi["CELERY_FLEET_VISIBILITY_TIMEOUT"] == str(1800 + VISIBILITY_MARGIN_SECONDS)
+
+
+def test_web_grace_covers_prestop_and_gunicorn_drain() -> None:
+    spec = pod_spec(by_name(rendered(ci("defaults")), "Deployment", "fleet-celery-fleet-web"))
+    (web,) = spec["containers"]
+    env = env_of(web)
+    sleep = int(web["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert spec["terminationGracePeriodSeconds"] > sleep + int(env["GUNICORN_GRACEFUL_TIMEOUT"])
+    assert web["command"] == [
+        "gunicorn",
+        "--config",
+        "python:fleetsite.gunicorn_conf",
+        "fleetsite.wsgi:application",
+    ]
+
+
+# ---------------------------------------------------------------------------------- autoscaling
+
+
+@pytest.mark.parametrize(
+    ("values", "mode"), [("keda", "keda"), ("hpa", "hpa"), ("autoscaling-off", "none"), ("defaults", "none")]
+)
+def test_autoscaling_objects_follow_the_mode(values: str, mode: str) -> None:
+    docs = rendered(ci(values))
+    scaled = {d["metadata"]["name"]: d for d in objects(docs, "ScaledObject")}
+    hpas = {
+        d["metadata"]["name"]: d
+        for d in objects(docs, "HorizontalPodAutoscaler")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    }
+    for deployment in workers(docs):
+        name = deployment["metadata"]["name"]
+        queues = deployment["metadata"]["annotations"]["celery-fleet/queues"].split(",")
+        command = pod_spec(deployment)["containers"][0]["command"]
+        assert command[:4] == ["celery", "-A", "fleetsite", "worker"]
+        assert command[command.index("--queues") + 1].split(",") == queues
+        assert {"--without-gossip", "--without-mingle"} <= set(command)
+        if mode == "none":
+            assert "replicas" in deployment["spec"], name
+            assert name not in scaled
+            assert name not in hpas
+            continue
+        assert "replicas" not in deployment["spec"], f"{name} is autoscaled; replicas would fight the scaler"
+        if mode == "keda":
+            obj = scaled[name]
+            assert name not in hpas
+            assert obj["apiVersion"] == "keda.sh/v1alpha1"
+            assert obj["spec"]["scaleTargetRef"]["name"] == name
+            (trigger,) = obj["spec"]["triggers"]
+            assert trigger["type"] == "prometheus"
+            assert trigger["metricType"] == "AverageValue"
+            query = trigger["metadata"]["query"]
+            assert query.startswith("sum(celery_fleet_queue_backlog{")
+            assert f'queue_name=~"{"|".join(queues)}"' in query
+            assert float(trigger["metadata"]["threshold"]) > 0
+            assert "activationThreshold" in trigger["metadata"]
+            drain = int(env_of(pod_spec(deployment)["containers"][0])["CELERY_FLEET_DRAIN_WINDOW"])
+            assert obj["spec"]["cooldownPeriod"] >= drain
+            assert obj["spec"]["fallback"]["replicas"] >= 0
+            assert obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
+            assert "horizontalPodAutoscalerConfig" in obj["spec"]["advanced"]
+        else:
+            obj = hpas[name]
+            assert name not in scaled
+            assert obj["apiVersion"] == "autoscaling/v2"
+            (metric,) = obj["spec"]["metrics"]
+            assert metric["type"] == "External"
+            assert metric["external"]["metric"]["name"] == "celery_fleet_queue_backlog"
+            (expr,) = metric["external"]["metric"]["selector"]["matchExpressions"]
+            assert expr == {"key": "queue_name", "operator": "In", "values": queues}
+            assert metric["external"]["target"]["type"] == "AverageValue"
+    if mode == "none":
+        assert not scaled
+        assert not hpas
+
+
+def test_keda_behavior_reaches_the_hpa_keda_creates() -> None:
+    obj = by_name(rendered(ci("keda")), "ScaledObject", "fleet-celery-fleet-worker-default")
+    behavior = obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 60
+    assert obj["spec"]["minReplicaCount"] == 0
+    assert obj["spec"]["triggers"][0]["metadata"]["activationThreshold"] == "1"
+
+
+def test_multiple_worker_groups_each_get_their_own_deployment_and_pdb() -> None:
+    docs = rendered(ci("multi-groups"))
+    names = sorted(d["metadata"]["labels"]["celery-fleet/worker-group"] for d in workers(docs))
+    assert names == ["exports", "fast", "periodic", "reports"]
+    assert {d["metadata"]["name"] for d in objects(docs, "ScaledObject")} == {
+        "fleet-celery-fleet-worker-fast"
+    }
+    assert "fleet-celery-fleet-worker-exports" in {
+        d["metadata"]["name"] for d in objects(docs, "HorizontalPodAutoscaler")
+    }
+    pdbs = {d["metadata"]["name"] for d in objects(docs, "PodDisruptionBudget")}
+    assert "fleet-celery-fleet-worker-fast" in pdbs
+    assert "fleet-celery-fleet-worker-periodic" not in pdbs
+    assert not any(d["metadata"]["name"].endswith("-beat") for d in docs if d["kind"] == "Deployment")
+    exporter = pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-celery-exporter"))["containers"][0]
+    assert env_of(exporter)["CELERY_FLEET_QUEUES"] == "default,exports,periodic,reports,reports-low"
+
+
+def test_web_cpu_hpa_and_ingress() -> None:
+    docs = rendered(ci("external"))
+    web = by_name(docs, "Deployment", "fleet-celery-fleet-web")
+    assert "replicas" not in web["spec"]
+    hpa = by_name(docs, "HorizontalPodAutoscaler", "fleet-celery-fleet-web")
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    ingress = by_name(docs, "Ingress", "fleet-celery-fleet-web")
+    assert ingress["spec"]["rules"][0]["host"] == "fleet.example.com"
+    config = by_name(docs, "ConfigMap", "fleet-celery-fleet-config")["data"]
+    assert "fleet.example.com" in config["ALLOWED_HOSTS"].split(",")
+    assert "fleet-celery-fleet-web" in config["ALLOWED_HOSTS"].split(",")
+
+
+# ---------------------------------------------------------------------------------- components
+
+
+def test_beat_runs_exactly_one_replica_with_recreate() -> None:
+    beat = by_name(rendered(ci("defaults")), "Deployment", "fleet-celery-fleet-beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = pod_spec(beat)["containers"]
+    assert container["command"][:4] == ["celery", "-A", "fleetsite", "beat"]
+    assert container["livenessProbe"]["exec"]["command"][:2] == ["celery-fleet", "probe-beat"]
+    assert container["resources"]["limits"]
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+        assert not [
+            d for d in rendered(ci("keda")) if d["kind"] == kind and d["metadata"]["name"].endswith("-beat")
+        ]
+    config = by_name(rendered(ci("defaults")), "ConfigMap", "fleet-celery-fleet-config")["data"]
+    assert "RedBeat" in config["CELERY_BEAT_SCHEDULER"]
+
+
+def test_bundled_broker_and_database_use_pinned_official_images_secrets_and_pvcs() -> None:
+    docs = rendered(ci("defaults"))
+    redis = by_name(docs, "StatefulSet", "fleet-celery-fleet-broker")
+    (container,) = pod_spec(redis)["containers"]
+    repo, tag = container["image"].split(":")
+    assert repo == "redis"
+    assert tag
+    assert tag != "latest"
+    assert "--appendonly yes" in container["command"][-1]
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "fleet-celery-fleet-broker"
+    secret = by_name(docs, "Secret", "fleet-celery-fleet-broker")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    postgres = by_name(docs, "StatefulSet", "fleet-celery-fleet-database")
+    (pg,) = pod_spec(postgres)["containers"]
+    assert pg["image"].split(":")[0] == "postgres"
+    assert pg["image"].split(":")[1] != "latest"
+    assert env_of(pg)["POSTGRES_PASSWORD"]["secretKeyRef"]["name"] == "fleet-celery-fleet-database"
+    assert postgres["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    web = env_of(pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-web"))["containers"][0])
+    assert web["CELERY_BROKER_URL"] == "redis://:$(REDIS_PASSWORD)@fleet-celery-fleet-broker:6379/0"
+    assert web["DATABASE_URL"].startswith(
+        "postgres://fleet:$(DATABASE_PASSWORD)@fleet-celery-fleet-database:5432/"
+    )
+
+
+def test_explicit_passwords_are_used_as_given() -> None:
+    docs = h.render(
+        sets={
+            "broker.auth.password": "b-pass",
+            "database.auth.password": "d-pass",
+            "django.secretKey": "k-secret",
+        }
+    )
+    import base64
+
+    def value(name: str, key: str) -> str:
+        return base64.b64decode(by_name(docs, "Secret", name)["data"][key]).decode()
+
+    assert value("fleet-celery-fleet-broker", "redis-password") == "b-pass"
+    assert value("fleet-celery-fleet-database", "postgres-password") == "d-pass"
+    assert value("fleet-celery-fleet-app", "SECRET_KEY") == "k-secret"
+
+
+def test_external_broker_and_database_replace_the_statefulsets() -> None:
+    docs = rendered(ci("external"))
+    assert not objects(docs, "StatefulSet")
+    names = {d["metadata"]["name"] for d in docs}
+    assert "fleet-celery-fleet-broker" not in names
+    assert "fleet-celery-fleet-database" not in names
+    env = env_of(pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-web"))["containers"][0])
+    assert env["CELERY_BROKER_URL"] == {
+        "secretKeyRef": {"name": "fleet-celery-fleet-app", "key": "CELERY_BROKER_URL"}
+    }
+    assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "fleet-database-url", "key": "url"}}
+    assert env["SECRET_KEY"] == {"secretKeyRef": {"name": "fleet-django", "key": "SECRET_KEY"}}
+    app = by_name(docs, "Secret", "fleet-celery-fleet-app")
+    assert set(app["data"]) == {"CELERY_BROKER_URL"}
+
+
+def test_exporter_service_monitor_rules_and_dashboard() -> None:
+    docs = rendered(ci("keda"))
+    exporter = by_name(docs, "Deployment", "fleet-celery-fleet-celery-exporter")
+    (container,) = pod_spec(exporter)["containers"]
+    assert container["command"] == ["celery-fleet", "exporter", "--port", "9808"]
+    env = env_of(container)
+    assert env["CELERY_FLEET_QUEUES"] == "default,periodic,exports"
+    assert "CELERY_BROKER_URL" in env
+    service = by_name(docs, "Service", "fleet-celery-fleet-celery-exporter")
+    assert "celery" in service["metadata"]["name"]
+    assert service["spec"]["ports"][0]["port"] == 9808
+    monitor = by_name(docs, "ServiceMonitor", "fleet-celery-fleet-celery-exporter")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert selected(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    rule = by_name(docs, "PrometheusRule", "fleet-celery-fleet-celery-exporter")
+    source = yaml.safe_load((h.CHART / "files" / "prometheus-rules.yaml").read_text())
+    assert rule["spec"]["groups"] == source.get("spec", source)["groups"]
+    dashboards = [
+        d for d in objects(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
+    (dashboard,) = dashboards
+    assert "celery-fleet.json" in dashboard["data"]
+    assert not objects(rendered(ci("defaults")), "ServiceMonitor")
+    assert not objects(rendered(ci("defaults")), "PrometheusRule")
+
+
+def test_migrations_job_is_named_after_the_revision_and_pods_wait_for_it() -> None:
+    docs = rendered(ci("defaults"))
+    (job,) = objects(docs, "Job")
+    assert job["metadata"]["name"] == "fleet-celery-fleet-migrate-1"
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {}), (
+        "a hook would deadlock on the bundled DB"
+    )
+    script = pod_spec(job)["containers"][0]["command"][-1]
+    assert "migrate --no-input" in script
+    assert "ensure_connection" in script
+    for name in (
+        "fleet-celery-fleet-web",
+        "fleet-celery-fleet-worker-default",
+        "fleet-celery-fleet-worker-exports",
+    ):
+        (init,) = pod_spec(by_name(docs, "Deployment", name))["initContainers"]
+        assert "migrate --check" in init["command"][-1]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_config_and_secret_checksums_roll_the_pods(values: Path) -> None:
+    docs = rendered(values)
+    for pod in pods(docs):
+        component = pod_labels(pod)["app.kubernetes.io/component"]
+        if component in ("broker", "database", "test"):
+            continue
+        annotations = pod["spec"]["template"]["metadata"]["annotations"]
+        assert len(annotations["checksum/config"]) == 64
+        assert len(annotations["checksum/secret"]) == 64
+
+
+def test_checksums_change_with_the_config_and_the_secret_inputs_only() -> None:
+    before = by_name(h.render(sets={"django.secretKey": "a"}), "Deployment", "fleet-celery-fleet-web")
+    after = by_name(
+        h.render(sets={"django.secretKey": "a", "django.logLevel": "DEBUG"}),
+        "Deployment",
+        "fleet-celery-fleet-web",
+    )
+    assert (
+        before["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        != after["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    )
+
+    def secret_checksum(sets: dict[str, str]) -> str:
+        web = by_name(h.render(sets=sets), "Deployment", "fleet-celery-fleet-web")
+        return str(web["spec"]["template"]["metadata"]["annotations"]["checksum/secret"])
+
+    # Generated passwords do not make every render roll the pods; a changed secret input does.
+    assert secret_checksum({}) == secret_checksum({})
+    assert secret_checksum({"django.secretKey": "a"}) != secret_checksum({"django.secretKey": "b"})
+
+
+def test_helm_test_pod_submits_a_job_through_the_api() -> None:
+    (pod,) = objects(rendered(ci("defaults")), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert env_of(container)["BASE_URL"] == "http://fleet-celery-fleet-web:80"
+    assert "/api/jobs/" in container["command"][-1]
+    assert "SUCCESS" in container["command"][-1]
+
+
+# ---------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"beat.replicaCount": "2"}, "beat.replicaCount"),
+        ({"web.bogus": "1"}, "bogus"),
+        (
+            {"workers[0].name": "default", "workers[0].queues[0]": "default", "workers[0].surprise": "1"},
+            "surprise",
+        ),
+        ({"web.replicaCount": "many"}, "web.replicaCount"),
+        ({"workers[0].autoscaling.mode": "sometimes"}, "mode"),
+        ({"exporter.serviceMonitor.interval": "often"}, "interval"),
+    ],
+)
+def test_schema_refuses_bad_values(sets: dict[str, str], message: str) -> None:
+    assert message in h.render_error(sets={k: v for k, v in sets.items()})
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            {"timings.softTimeLimit": "300", "timings.timeLimit": "300"},
+            "softTimeLimit (300s) must be below timeLimit (300s)",
+        ),
+        (
+            {
+                "workers[0].name": "default",
+                "workers[0].queues[0]": "default",
+                "workers[0].queues[1]": "periodic",
+                "workers[0].timings.drainWindow": "60",
+                "workers[0].timings.terminationGracePeriodSeconds": "65",
+            },
+            "workers[default]: terminationGracePeriodSeconds (65s) must be at least drainWindow (60s) + 10s",
+        ),
+        (
+            {"timings.visibilityTimeout": "400"},
+            "workers[exports]: visibilityTimeout (400s) must be at least timeLimit (600s) + 30s",
+        ),
+        (
+            {"broker.external.enabled": "true"},
+            "broker.external.enabled is true but neither broker.external.url nor "
+            "broker.external.existingSecret",
+        ),
+        ({"database.external.enabled": "true"}, "database.external.enabled is true but neither"),
+        (
+            {"django.generateSecretKey": "false"},
+            "no SECRET_KEY: set django.secretKey or django.existingSecret",
+        ),
+        (
+            {
+                "workers[0].name": "a",
+                "workers[0].queues[0]": "exports",
+                "workers[0].queues[1]": "periodic",
+                "workers[1].name": "b",
+                "workers[1].queues[0]": "exports",
+            },
+            'queue "exports" is consumed by both workers[a] and workers[b]',
+        ),
+        (
+            {"workers[0].name": "a", "workers[0].queues[0]": "default"},
+            'no worker group consumes the "periodic" queue',
+        ),
+        (
+            {
+                "workers[0].name": "default",
+                "workers[0].queues[0]": "default",
+                "workers[0].queues[1]": "periodic",
+                "workers[0].autoscaling.mode": "keda",
+                "workers[0].autoscaling.cooldownPeriod": "10",
+            },
+            "autoscaling.cooldownPeriod (10s) must be at least the drain window (30s)",
+        ),
+        ({"web.terminationGracePeriodSeconds": "20"}, "web: terminationGracePeriodSeconds (20s) must exceed"),
+    ],
+)
+def test_validate_values_fails_with_a_clear_message(sets: dict[str, str], message: str) -> None:
+    error = h.render_error(sets=sets)
+    assert "celery-fleet: invalid values" in error
+    assert message in error, error
+
+
+def test_validate_values_matches_celery_fleet_timings() -> None:
+    """The chart refuses exactly what celery_fleet.timings refuses, on a grid of timings."""
+    for soft, hard, drain, grace in [
+        (10, 20, 5, 15),
+        (20, 20, 5, 15),
+        (10, 20, 5, 14),
+        (30, 20, 0, 10),
+        (10, 20, 50, 60),
+        (10, 20, 50, 59),
+    ]:
+        python_ok = Timings(soft, hard, drain, grace_period=grace).check() == []
+        sets = {
+            "timings.softTimeLimit": str(soft),
+            "timings.timeLimit": str(hard),
+            "timings.drainWindow": str(drain),
+            "workers[0].name": "all",
+            "workers[0].queues[0]": "default",
+            "workers[0].queues[1]": "exports",
+            "workers[0].queues[2]": "periodic",
+            "workers[0].timings.terminationGracePeriodSeconds": str(grace),
+        }
+        proc = h.helm_result(*h.template_args(sets=sets))
+        assert (proc.returncode == 0) == python_ok, (soft, hard, drain, grace, proc.stderr)
+
+
+# ---------------------------------------------------------------------------------- plain manifests
+
+
+def test_plain_manifests_are_in_sync_with_the_chart() -> None:
+    script = h.ROOT / "k8s" / "render.sh"
+    proc = subprocess.run(
+        ["bash", str(script), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**__import__("os").environ, "HELM": str(h.ensure_helm())},
+    )
+    assert proc.returncode == 0, (
+        f"k8s/manifests is stale; run k8s/render.sh\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    )
+    docs = [
+        d for d in yaml.safe_load_all((h.ROOT / "k8s" / "manifests" / "celery-fleet.yaml").read_text()) if d
+    ]
+    assert h.openapi_errors([d for d in docs if d["kind"] not in CRD_KINDS]) == []
+    assert not [d for d in docs if d["kind"] == "Secret"], "plain manifests must not carry generated secrets"
+
+
+def test_notes_tell_how_to_open_the_site_and_the_dashboard(tmp_path: Path) -> None:
+    # NOTES.txt only renders on install; render its define through a throwaway template instead.
+    import shutil
+
+    chart = tmp_path / "celery-fleet"
+    shutil.copytree(h.CHART, chart)
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "celery-fleet.notes" . | quote }}\n'
+    )
+    for values, expect in [
+        ("defaults", "port-forward service/fleet-celery-fleet-web 8000:80"),
+        ("external", "https://fleet.example.com/"),
+    ]:
+        out = h.helm(
+            "template",
+            "fleet",
+            str(chart),
+            "--namespace",
+            "fleet",
+            "-s",
+            "templates/zz-notes.yaml",
+            "--values",
+            str(chart / "ci" / f"{values}-values.yaml"),
+        )
+        notes = yaml.safe_load(out)["data"]["notes"]
+        assert expect in notes
+        assert 'grafana_dashboard="1"' in notes
+        assert "helm test fleet" in notes
+    assert (h.CHART / "templates" / "NOTES.txt").read_text().strip() == '{{ include "celery-fleet.notes" . }}'
+
+
+#: Blocks passed to Kubernetes as they are: their comment above documents the whole block.
+PASSTHROUGH = {
+    "podSecurityContext",
+    "securityContext",
+    "resources",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "behavior",
+    "fallback",
+    "prometheus",
+    "timings",
+    "pdb",
+    "httpGet",
+}
+
+
+def test_values_yaml_documents_every_key() -> None:
+    import re
+
+    lines = (h.CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    undocumented = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)(- )?([A-Za-z_][\w.-]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1)) + (2 if match.group(2) else 0)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parents = [key for _, key in stack]
+        stack.append((indent, match.group(3)))
+        if any(parent in PASSTHROUGH for parent in parents):
+            continue
+        previous = lines[i - 1].strip() if i else ""
+        if not (previous.startswith("#") or previous.startswith("- #")):
+            undocumented.append(f"values.yaml:{i + 1}: {line.strip()}")
+    assert undocumented == []
+    documented = {m.group(1) for m in re.finditer(r"^([A-Za-z]\w*):", "\n".join(lines), re.M)}
+    schema = __import__("json").loads((h.CHART / "values.schema.json").read_text())
+    assert documented <= set(schema["properties"]), "a values key the schema does not know"

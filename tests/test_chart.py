@@ -399,6 +399,35 @@ def test_keda_behavior_reaches_the_hpa_keda_creates() -> None:
     assert obj["spec"]["triggers"][0]["metadata"]["activationThreshold"] == "1"
 
 
+def test_latency_target_adds_a_second_trigger_and_metric() -> None:
+    docs = rendered(ci("latency"))
+    scaled = by_name(docs, "ScaledObject", "fleet-celery-fleet-worker-default")
+    latency = [t for t in scaled["spec"]["triggers"] if t["metricType"] == "Value"]
+    assert len(latency) == 1
+    assert latency[0]["metadata"]["threshold"] == "30"
+    assert "max(celery_fleet_queue_oldest_age_seconds{" in latency[0]["metadata"]["query"]
+    assert 'queue_name=~"default|periodic"' in latency[0]["metadata"]["query"]
+    hpa = by_name(docs, "HorizontalPodAutoscaler", "fleet-celery-fleet-worker-exports")
+    names = [m["external"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
+    assert names == ["celery_fleet_queue_backlog", "celery_fleet_queue_oldest_age_seconds"]
+    assert hpa["spec"]["metrics"][1]["external"]["target"] == {"type": "Value", "value": "60"}
+    # Without a latency target there is one trigger only.
+    plain = by_name(rendered(ci("keda")), "ScaledObject", "fleet-celery-fleet-worker-default")
+    assert [t["metricType"] for t in plain["spec"]["triggers"]] == ["AverageValue"]
+
+
+def test_default_scaling_behavior_is_the_local_policy() -> None:
+    """The chart's default HPA behaviour is what `celery-fleet up` and the simulator run."""
+    from celery_fleet.autoscale.policy import recommended_policy
+
+    values = yaml.safe_load((h.CHART / "values.yaml").read_text())
+    default_group = values["workers"][0]
+    chart = default_group["autoscaling"]
+    policy = recommended_policy(backlog_per_worker=2.0 * default_group["concurrency"])
+    assert chart["behavior"] == policy.as_dict()["behavior"]
+    assert chart["targetBacklogPerWorker"] == policy.backlog_per_worker
+
+
 def test_multiple_worker_groups_each_get_their_own_deployment_and_pdb() -> None:
     docs = rendered(ci("multi-groups"))
     names = sorted(d["metadata"]["labels"]["celery-fleet/worker-group"] for d in workers(docs))

@@ -64,13 +64,25 @@ autoscaling:
   mode: none
   minReplicas: 1
   maxReplicas: 10
-  targetBacklogPerWorker: 10
+  targetBacklogPerWorker: 2
+  targetOldestAgeSeconds: 0
   activationBacklog: 0
-  pollingInterval: 15
-  cooldownPeriod: 300
+  pollingInterval: 5
+  cooldownPeriod: 60
   fallback: {failureThreshold: 3, replicas: 1}
   prometheus: {serverAddress: "http://prometheus-operated.monitoring.svc:9090", query: ""}
-  behavior: {}
+  behavior:
+    scaleUp:
+      stabilizationWindowSeconds: 0
+      selectPolicy: Max
+      policies:
+        - {type: Percent, value: 100, periodSeconds: 10}
+        - {type: Pods, value: 10, periodSeconds: 10}
+    scaleDown:
+      stabilizationWindowSeconds: 30
+      selectPolicy: Max
+      policies:
+        - {type: Percent, value: 100, periodSeconds: 15}
 pdb: {enabled: true, maxUnavailable: 1}
 podAnnotations: {}
 podLabels: {}

@@ -201,7 +201,8 @@ class WorkerCollector(Collector):
     from the heartbeat's ``active``) and idle processes.  A worker consuming several
     queues counts in each of them.  ``celery_worker_up`` and
     ``celery_worker_tasks_active`` carry a ``hostname`` label only with
-    ``worker_labels=True``; by default each is one series for the whole fleet.
+    ``worker_labels=True``; by default each is one series for the whole fleet.  Workers
+    that said goodbye (``worker-offline``) or were silent for ``forget_after`` are forgotten.
     """
 
     def __init__(
@@ -239,7 +240,12 @@ class WorkerCollector(Collector):
                 up.add_metric([w.hostname], 1 if is_up else 0)
                 active.add_metric([w.hostname], w.active if is_up else 0)
         else:
-            up.add_metric([], 1 if alive else 0)
+            # 1 while a worker is alive; 0 when the last ones stopped without saying goodbye
+            # (crashed, within the forget window); no sample when the fleet scaled to zero
+            # cleanly, so "worker down" alerts stay quiet on scale-to-zero.
+            crashed = [w for w in workers if w.online and not w.alive(now)]
+            if alive or crashed:
+                up.add_metric([], 1 if alive else 0)
             active.add_metric([], sum(w.active for w in alive))
         count = GaugeMetricFamily("celery_fleet_worker_count", "Workers that sent a heartbeat recently.")
         count.add_metric([], len(alive))

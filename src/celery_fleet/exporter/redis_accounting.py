@@ -16,9 +16,10 @@ Cost: one ``EVALSHA`` of :data:`READ_SCRIPT` per read, which runs ``LLEN`` plus 
 ``LINDEX`` per priority list inside Redis (O(queues x steps), independent of how many
 messages wait) and ``HVALS`` of the ``unacked`` hash.  The hash holds at most *workers x
 prefetch* entries while workers are alive (plus what dead workers left until the
-visibility timeout restores it), so that part is O(held); above ``held_limit`` entries
-the script skips it and :func:`held_counts` reads at most ``held_limit`` entries with
-``HSCAN`` (``truncated`` set), so a pathological hash cannot make a scrape slow.  Where
+visibility timeout restores it), so that part is O(held); above ``SCRIPT_HELD_LIMIT``
+entries the script skips it and :func:`held_counts` reads at most ``held_limit`` entries
+with ``HSCAN`` (``truncated`` set when cut short), so a pathological hash cannot make a
+scrape slow or block Redis.  Where
 scripting is refused, the same reads go in one pipeline plus ``HSCAN``.
 """
 
@@ -42,6 +43,9 @@ UNACKED_INDEX_KEY = "unacked_index"
 BINDING_KEY = "_kombu.binding.%s"
 #: Most entries of the ``unacked`` hash one call reads (see the module docstring).
 DEFAULT_HELD_LIMIT = 50_000
+#: Most held entries the script reads inside Redis (a few MB: Redis is busy for milliseconds);
+#: above it they are read from Python with ``HSCAN``, which does not block Redis.
+SCRIPT_HELD_LIMIT = 5_000
 #: Held messages whose exchange/routing key match none of the asked-for queues.
 OTHER_QUEUE = ""
 
@@ -93,26 +97,34 @@ def published_at(raw: bytes | str | None) -> float | None:
     return stamp if stamp > 0 else None
 
 
-#: One round trip, run inside Redis.  KEYS are the priority lists (ARGV[2] per queue) and,
-#: last, kombu's ``unacked`` hash.  Per queue it returns the lists' lengths
-#: (comma-separated), the oldest publish stamp found at either end of any list (a string:
-#: Lua numbers would lose the fraction) and 1 if an end had no stamp.  The stamp is matched
-#: in the raw JSON (kombu base64-encodes bodies, so only headers can hold the pattern),
-#: never decoded; no message leaves Redis.  Before those: the number of held messages and,
-#: if it is at most ARGV[3], their count per (exchange, routing key), read from the end of
-#: each ``[message, exchange, routing_key]`` entry (ARGV[3] < 0: held messages not read).
+#: One round trip, run inside Redis.  KEYS[1] is kombu's ``unacked`` hash; ARGV: stamp
+#: pattern, held limit, key prefix, priority separator, number of steps, the steps, then the
+#: queue names (the lists' names are built here: sending 20 queue names instead of 200 list
+#: names keeps the command small; kombu's Redis transport does not run on Redis Cluster).
+#: Per queue it returns the lists' lengths (comma-separated), the oldest publish stamp found
+#: at either end of any list (a string: Lua numbers would lose the fraction) and 1 if an end
+#: had no stamp.  The stamp is matched in the raw JSON (kombu base64-encodes bodies, so only
+#: headers can hold the pattern), never decoded; no message leaves Redis.  Before those:
+#: the number of held messages and, if it is at most the held limit, their count per
+#: (exchange, routing key), read from the end of each ``[message, exchange, routing_key]``
+#: entry (a negative limit: held messages not read).
 READ_SCRIPT = """
 local pattern = ARGV[1]
-local steps = tonumber(ARGV[2])
-local held_limit = tonumber(ARGV[3])
-local unacked = KEYS[#KEYS]
+local held_limit = tonumber(ARGV[2])
+local prefix = ARGV[3]
+local sep = ARGV[4]
+local nsteps = tonumber(ARGV[5])
+local steps = {}
+for i = 1, nsteps do
+  steps[i] = ARGV[5 + i]
+end
 local n_held = -1
 local held = {}
 if held_limit >= 0 then
-  n_held = redis.call('HLEN', unacked)
+  n_held = redis.call('HLEN', KEYS[1])
   if n_held <= held_limit then
     local counts = {}
-    for _, entry in ipairs(redis.call('HVALS', unacked)) do
+    for _, entry in ipairs(redis.call('HVALS', KEYS[1])) do
       local ex, rk = string.match(entry, ',%s*"([^"]*)"%s*,%s*"([^"]*)"%s*%]%s*$')
       if ex then
         local k = ex .. '\\n' .. rk
@@ -126,12 +138,15 @@ if held_limit >= 0 then
   end
 end
 local out = {n_held, held}
-for first = 1, #KEYS - 1, steps do
+for q = 6 + nsteps, #ARGV do
   local lengths = {}
   local oldest = nil
   local unstamped = 0
-  for i = first, first + steps - 1 do
-    local key = KEYS[i]
+  for _, step in ipairs(steps) do
+    local key = prefix .. ARGV[q]
+    if step ~= '0' then
+      key = key .. sep .. step
+    end
     local n = redis.pcall('LLEN', key)
     if type(n) ~= 'number' then
       n = 0  -- WRONGTYPE: not a kombu list, no messages
@@ -166,12 +181,13 @@ def _text(value: bytes | str) -> str:
 
 
 def _script_read(
-    client: Any, keys: list[str], steps: int, unacked_key: str, held_limit: int
+    client: Any, queues: Sequence[str], steps: Sequence[int], key_prefix: str, held_limit: int
 ) -> tuple[PerQueue, Counter[tuple[str, str]] | None]:
     """Per-queue reads and, unless there are more than ``held_limit``, held counts by (exchange, key)."""
     # EVALSHA (redis-py loads the script once per server and reloads it after a NOSCRIPT).
     script = client.register_script(READ_SCRIPT)
-    reply = script(keys=[*keys, unacked_key], args=[STAMP_PATTERN, steps, held_limit])
+    args = [STAMP_PATTERN, held_limit, key_prefix, PRIORITY_SEP, len(steps), *steps, *queues]
+    reply = script(keys=[f"{key_prefix}{UNACKED_KEY}"], args=args)
     n_held, flat = int(reply[0]), reply[1]
     held: Counter[tuple[str, str]] | None = None
     if 0 <= n_held <= held_limit:
@@ -262,17 +278,17 @@ def read_queues(
     """
     queues = list(dict.fromkeys(queues))
     steps = list(priority_steps)
-    keys = [priority_key(queue, step, key_prefix=key_prefix) for queue in queues for step in steps]
-    unacked_key = f"{key_prefix}{UNACKED_KEY}"
     per_queue: PerQueue | None = None
     pairs: Counter[tuple[str, str]] | None = None
     if use_script:
         try:
-            per_queue, pairs = _script_read(client, keys, len(steps), unacked_key, held_limit)
+            in_script = min(held_limit, SCRIPT_HELD_LIMIT)
+            per_queue, pairs = _script_read(client, queues, steps, key_prefix, in_script)
         except Exception as exc:
             if not _scripting_refused(exc):
                 raise
     if per_queue is None:
+        keys = [priority_key(queue, step, key_prefix=key_prefix) for queue in queues for step in steps]
         per_queue = _pipeline_per_queue(client, keys, len(steps))
     if pairs is None:
         held = held_counts(client, queues, key_prefix=key_prefix, held_limit=held_limit)
@@ -294,15 +310,15 @@ def waiting_and_oldest(
     """Waiting messages per queue and priority, and the oldest one's age (``held`` left 0)."""
     queues = list(dict.fromkeys(queues))
     steps = list(priority_steps)
-    keys = [priority_key(queue, step, key_prefix=key_prefix) for queue in queues for step in steps]
     per_queue: PerQueue | None = None
     if use_script:
         try:
-            per_queue, _ = _script_read(client, keys, len(steps), f"{key_prefix}{UNACKED_KEY}", -1)
+            per_queue, _ = _script_read(client, queues, steps, key_prefix, -1)
         except Exception as exc:
             if not _scripting_refused(exc):
                 raise
     if per_queue is None:
+        keys = [priority_key(queue, step, key_prefix=key_prefix) for queue in queues for step in steps]
         per_queue = _pipeline_per_queue(client, keys, len(steps))
     return _stats(queues, steps, per_queue, time.time() if now is None else now)
 

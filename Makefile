@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export CELERY_FLEET_CACHE ?= $(CURDIR)/.cache
 
-APT_PACKAGES := redis-server postgresql prometheus chromium rabbitmq-server etcd-server docker.io debootstrap
+APT_PACKAGES := redis-server postgresql prometheus chromium rabbitmq-server docker.io debootstrap
 
 .PHONY: up test deps system-deps venv lint typecheck e2e clean
 
@@ -37,7 +37,8 @@ lint: venv
 typecheck: venv
 	DEBUG=1 $(VENV)/bin/mypy
 
-test: deps
+# Lint and types first (seconds), then the suite (real servers and processes; ~20 min).
+test: deps lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:

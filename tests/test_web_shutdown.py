@@ -64,9 +64,8 @@ def test_readyz_is_503_while_shutting_down_and_names_the_failing_part(fleet: Fle
     from django.test import Client, override_settings
 
     django.setup()
-    from fleetsite.celery import app
-
     from celery_fleet.health import shutting_down
+    from fleetsite.celery import app
 
     previous = app.conf.broker_url
     try:

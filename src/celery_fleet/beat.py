@@ -46,6 +46,7 @@ from redbeat.schedulers import RedBeatScheduler, ensure_conf, get_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from celery_fleet.cli_options import probe_dir_option
 from celery_fleet.lifecycle import probe_dir
 
 logger = logging.getLogger("celery_fleet.beat")
@@ -374,14 +375,7 @@ def beat_probe_status(
 
 
 @click.command("probe-beat")
-@click.option(
-    "--dir",
-    "directory",
-    envvar="CELERY_FLEET_PROBE_DIR",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The beat's probe folder (CELERY_FLEET_PROBE_DIR).",
-)
+@probe_dir_option("beat")
 @click.option(
     "--max-age",
     type=float,

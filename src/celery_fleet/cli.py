@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from celery_fleet import __version__
+from celery_fleet.cli_options import probe_dir_option
 from celery_fleet.lifecycle import probe_status
 from celery_fleet.timings import Timings, TimingsError
 
@@ -21,14 +22,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("check", type=click.Choice(["live", "ready"]))
-@click.option(
-    "--dir",
-    "directory",
-    envvar="CELERY_FLEET_PROBE_DIR",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The worker's probe folder (CELERY_FLEET_PROBE_DIR).",
-)
+@probe_dir_option("worker")
 @click.option("--max-age", default=20.0, show_default=True, help="Oldest acceptable heartbeat, in seconds.")
 def probe(check: str, directory: Path, max_age: float) -> None:
     """Worker probe for Kubernetes exec probes: exit 0 if live/ready, 1 otherwise (no broker round trip)."""

@@ -273,7 +273,7 @@ checksum/secret: {{ dict "django" .Values.django "broker" (pick .Values.broker "
     - -c
     - |
       until python -m fleetsite.manage migrate --check >/dev/null 2>&1; do
-        echo "waiting for the migrations Job {{ include "celery-fleet.migrations.fullname" . }}"
+        echo "waiting for the database migrations"
         sleep 5
       done
   envFrom:

@@ -27,12 +27,16 @@ system-deps:
 
 deps: system-deps venv
 
+# The bundled example project (example/: fleetsite + jobs) is what `make up` runs; your own project
+# runs with `celery-fleet up --app yourproject` from its folder (docs/adopt.md).
+EXAMPLE_ENV := PYTHONPATH=$(CURDIR)/example$${PYTHONPATH:+:$$PYTHONPATH} CELERY_FLEET_APP=fleetsite
+
 up: system-deps venv
-	$(VENV)/bin/celery-fleet up $(ARGS)
+	$(EXAMPLE_ENV) $(VENV)/bin/celery-fleet up $(ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src example tests bench
+	$(VENV)/bin/ruff format --check src example tests bench
 
 typecheck: venv
 	DEBUG=1 $(VENV)/bin/mypy

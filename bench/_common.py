@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,10 @@ from celery_fleet.local.waiting import free_port
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR / "out"
+#: The bundled example project the benchmarks run (beside the library, not installed).
+EXAMPLE_DIR = REPO / "example"
+if str(EXAMPLE_DIR) not in sys.path:
+    sys.path.append(str(EXAMPLE_DIR))
 
 
 def output_path(value: str | None, default_name: str) -> Path | None:
@@ -38,7 +43,9 @@ def load_line() -> str:
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of the processes a bench starts: ours minus Celery/Django/DB settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_"))}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BENCH_DIR), str(EXAMPLE_DIR), env.get("PYTHONPATH", "")) if p
+    )
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -38,7 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_DIR = REPO / "example"  # the bundled example project, beside the library
 sys.path.insert(0, str(REPO / "src"))
+sys.path.append(str(EXAMPLE_DIR))
 
 from celery_fleet import roles  # noqa: E402
 from celery_fleet.autoscale.local import (  # noqa: E402
@@ -90,6 +92,7 @@ def base_env(data_dir: Path, broker_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_"))}
     env.update(
         DJANGO_SETTINGS_MODULE="fleetsite.settings",
+        PYTHONPATH=str(EXAMPLE_DIR),
         CELERY_FLEET_DATA_DIR=str(data_dir),
         CELERY_BROKER_URL=broker_url,
         DATABASE_URL=f"sqlite:///{data_dir / 'db.sqlite3'}",
@@ -175,6 +178,7 @@ def run_variant(
         probe_root=data_dir / "probes" / label.replace(" ", "-"),
         sink=file_sink(data_dir / f"{label.replace(' ', '-')}.log"),
         grace_period=60.0,
+        celery_app="fleetsite",
         loglevel="WARNING",
     )
     stop = threading.Event()

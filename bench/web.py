@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/web.py [--requests 6000] [--concurrency 8] [--plot web.png]
 
-One gunicorn (the project's real ``python:fleetsite.gunicorn_conf``: gthread, 2 workers x 4
+One gunicorn (the project's real ``python:celery_fleet.gunicorn_conf``: gthread, 2 workers x 4
 threads by default) serves the project with ``bench/benchsite`` settings, which only add
 baseline views.  Every variant gets the same JSON body and answers the same 202 JSON:
 
@@ -143,7 +143,11 @@ def start_web(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], 
     # Output straight to a file: a pump thread in this process would compete with the client.
     with log.open("ab") as fh:
         process = subprocess.Popen(
-            roles.web_argv(), env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            roles.web_argv("fleetsite.wsgi:application"),
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     def up() -> bool:
@@ -356,7 +360,7 @@ def main() -> int:
     db = "PostgreSQL" if args.database_url or args.postgres else "SQLite"
     if args.sqlite_conn_max_age is not None and db == "SQLite":
         db += f" (what-if: CONN_MAX_AGE={args.sqlite_conn_max_age}, the project uses 0)"
-    print(f"server: gunicorn python:fleetsite.gunicorn_conf, {db}, Redis; gunicorn log: {log}")
+    print(f"server: gunicorn python:celery_fleet.gunicorn_conf, {db}, Redis; gunicorn log: {log}")
     plot_path = output_path(args.plot, "web.png")
     if plot_path:
         plot(results, plot_path, f"POST {args.kind}, {args.concurrency} connections - {end_load}")

@@ -8,23 +8,23 @@ role="${1:-web}"
 
 case "$role" in
   web)
-    exec gunicorn --config python:fleetsite.gunicorn_conf fleetsite.wsgi:application "$@" ;;
+    exec gunicorn --config python:celery_fleet.gunicorn_conf "${CELERY_FLEET_WSGI:?set CELERY_FLEET_WSGI}" "$@" ;;
   worker)
     # SIGTERM (docker stop, Kubernetes) -> Celery soft shutdown: drain, then requeue.
     export REMAP_SIGTERM="${REMAP_SIGTERM:-SIGQUIT}"
     case " $* " in
       *" --queues "*|*" -Q "*) ;;
-      *) set -- --queues "${CELERY_FLEET_QUEUES:-default,exports,periodic}" "$@" ;;
+      *) set -- --queues "${CELERY_FLEET_QUEUES:-$(celery-fleet queues --app "${CELERY_FLEET_APP:?}" | paste -sd,)}" "$@" ;;
     esac
-    exec celery -A "${CELERY_FLEET_APP:-fleetsite}" worker --without-gossip --without-mingle "$@" ;;
+    exec celery -A "${CELERY_FLEET_APP:?set CELERY_FLEET_APP}" worker --without-gossip --without-mingle "$@" ;;
   beat)
-    exec celery -A "${CELERY_FLEET_APP:-fleetsite}" beat "$@" ;;
+    exec celery -A "${CELERY_FLEET_APP:?set CELERY_FLEET_APP}" beat "$@" ;;
   exporter)
     exec celery-fleet exporter "$@" ;;
   migrate)
-    exec python -m fleetsite.manage migrate --no-input "$@" ;;
+    exec python -m django migrate --no-input "$@" ;;
   manage)
-    exec python -m fleetsite.manage "$@" ;;
+    exec python -m django "$@" ;;
   probe|probe-beat|deletion-cost|timings)
     exec celery-fleet "$role" "$@" ;;
   *)

@@ -22,7 +22,7 @@ from celery_fleet.autoscale.policy import RatePolicy, ScalingRules, recommended_
 from celery_fleet.local.processes import file_sink
 from celery_fleet.local.waiting import wait_until
 from celery_fleet.local.workers import WorkerGroup, WorkerGroupSpec
-from tests.support.fleet import Fleet
+from tests.support.fleet import EXAMPLE, Fleet
 from tests.support.ledger import enqueue_timed_work, read_runs
 
 SHORT_TASKS = 24
@@ -45,6 +45,7 @@ def test_burst_scales_up_and_back_down_to_min_with_every_task_accounted_for(
         probe_root=tmp_path / "probes",
         sink=file_sink(fleet.log_path),
         grace_period=60.0,
+        celery_app=EXAMPLE.celery_app,
     )
     # celery-fleet's policy with its windows shortened so the test takes about a minute.
     base = recommended_policy(backlog_per_worker=2.0, oldest_age_target_seconds=None)
@@ -196,6 +197,7 @@ def test_build_local_autoscaler_takes_each_group_from_the_fleet(tmp_path: Path) 
             probe_root=tmp_path,
             sink=lambda n, line: None,
             grace_period=10.0,
+            celery_app="shop",
         )
         for name, queues, c, m in [
             ("default", ("default",), 2, 4),

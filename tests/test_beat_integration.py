@@ -26,8 +26,10 @@ from celery_fleet import roles
 from celery_fleet.beat import ACTIVE, HEARTBEAT_FILE, STANDBY
 from celery_fleet.local.processes import ManagedProcess, file_sink
 from celery_fleet.local.waiting import wait_until
-from celery_fleet.queues import PERIODIC_QUEUE
-from tests.support.fleet import Fleet
+from tests.support.fleet import EXAMPLE, Fleet
+
+#: The example project's housekeeping queue (fleetsite.settings.PERIODIC_QUEUE).
+PERIODIC_QUEUE = "periodic"
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +83,7 @@ def start_beat(fleet: Fleet, name: str, scheduler: str = REDBEAT, **env: str) ->
         "CELERY_FLEET_PROBE_DIR": str(probe_dir),
         **env,
     }
-    process = ManagedProcess(name, roles.beat_argv(), env=beat_env, sink=sink)
+    process = ManagedProcess(name, roles.beat_argv(app=EXAMPLE.celery_app), env=beat_env, sink=sink)
     holder.append(Beat(name, process, probe_dir))
     process.start()
     fleet.processes.append(process)

@@ -31,6 +31,7 @@ from celery_fleet.beat import (
     write_heartbeat,
 )
 from celery_fleet.local.waiting import free_port, wait_until
+from tests.support.fleet import EXAMPLE_DIR
 
 KEY = "redbeat::lock"
 
@@ -166,7 +167,7 @@ def test_probe_beat_command_exit_codes(tmp_path: Path) -> None:
 def test_settings_default_to_the_locked_redbeat_scheduler(tmp_path: Path) -> None:
     """Plain redbeat dies at its first long sleep with the default 60 s lock (see docs/beat.md)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
-    env.update(DJANGO_SETTINGS_MODULE="fleetsite.settings", SECRET_KEY="x")
+    env.update(DJANGO_SETTINGS_MODULE="fleetsite.settings", SECRET_KEY="x", PYTHONPATH=str(EXAMPLE_DIR))
     env["CELERY_FLEET_DATA_DIR"] = str(tmp_path)
     code = "from django.conf import settings; print(settings.CELERY_BEAT_SCHEDULER)"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -326,7 +326,7 @@ def test_web_grace_covers_prestop_and_gunicorn_drain() -> None:
     assert web["command"] == [
         "gunicorn",
         "--config",
-        "python:fleetsite.gunicorn_conf",
+        "python:celery_fleet.gunicorn_conf",
         "fleetsite.wsgi:application",
     ]
 
@@ -349,7 +349,7 @@ def test_autoscaling_objects_follow_the_mode(values: str, mode: str) -> None:
         name = deployment["metadata"]["name"]
         queues = deployment["metadata"]["annotations"]["celery-fleet/queues"].split(",")
         command = pod_spec(deployment)["containers"][0]["command"]
-        assert command[:4] == ["celery", "-A", "fleetsite", "worker"]
+        assert command[:4] == ["celery", "-A", "fleetsite", "worker"]  # app.celeryApp's default: the example
         assert command[command.index("--queues") + 1].split(",") == queues
         assert {"--without-gossip", "--without-mingle"} <= set(command)
         if mode == "none":
@@ -457,6 +457,66 @@ def test_web_cpu_hpa_and_ingress() -> None:
     config = by_name(docs, "ConfigMap", "fleet-celery-fleet-config")["data"]
     assert "fleet.example.com" in config["ALLOWED_HOSTS"].split(",")
     assert "fleet-celery-fleet-web" in config["ALLOWED_HOSTS"].split(",")
+
+
+# ------------------------------------------------------------------------------ the user's app
+
+#: A project the chart has never seen, named the way a user names theirs (app.*, image.*).
+OTHER_APP = {
+    "app.celeryApp": "shop.tasks:celery",
+    "app.wsgiApplication": "shop.web:app",
+    "app.djangoSettingsModule": "shop.conf.production",
+    "image.repository": "registry.example.com/shop",
+    "image.tag": "1.2.3",
+    "migrations.command": "{python,manage.py,migrate,--no-input,--database=primary}",
+    "migrations.checkCommand": "{python,manage.py,migrate,--check,--database=primary}",
+}
+
+
+def test_another_project_is_run_by_its_own_names_and_the_example_is_never_named() -> None:
+    for values in (ci("defaults"), ci("keda"), ci("multi-groups")):
+        docs = h.render([values], OTHER_APP)
+        text = yaml.safe_dump_all(docs)
+        assert "fleetsite" not in text, f"{values.name}: the example leaks into another app's release"
+        config = by_name(docs, "ConfigMap", "fleet-celery-fleet-config")["data"]
+        assert config["DJANGO_SETTINGS_MODULE"] == "shop.conf.production"
+        assert config["CELERY_FLEET_APP"] == "shop.tasks:celery"
+        for obj in pods(tuple(docs)):
+            if obj["metadata"]["labels"]["app.kubernetes.io/component"] in ("broker", "database"):
+                continue  # images of their own (broker.image, database.image)
+            spec = pod_spec(obj)
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                assert container["image"] == "registry.example.com/shop:1.2.3", obj["metadata"]["name"]
+        web = pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-web"))["containers"][0]
+        assert web["command"][-1] == "shop.web:app"
+        for deployment in workers(tuple(docs)):
+            assert pod_spec(deployment)["containers"][0]["command"][:4] == [
+                "celery", "-A", "shop.tasks:celery", "worker",
+            ]  # fmt: skip
+        for beat in [d for d in objects(docs, "Deployment") if d["metadata"]["name"].endswith("-beat")]:
+            assert pod_spec(beat)["containers"][0]["command"][:4] == [
+                "celery",
+                "-A",
+                "shop.tasks:celery",
+                "beat",
+            ]
+        (job,) = objects(docs, "Job")
+        script = pod_spec(job)["containers"][0]["command"][-1]
+        assert "exec 'python' 'manage.py' 'migrate' '--no-input' '--database=primary'" in script
+        web_init = pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-web"))["initContainers"]
+        assert "'python' 'manage.py' 'migrate' '--check' '--database=primary'" in web_init[0]["command"][-1]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("app.celeryApp", "my-project", "celeryApp"),
+        ("app.wsgiApplication", "shop.wsgi", "wsgiApplication"),
+        ("app.djangoSettingsModule", "shop/settings.py", "djangoSettingsModule"),
+    ],
+)
+def test_app_names_that_cannot_be_python_modules_are_refused(key: str, value: str, message: str) -> None:
+    assert message in h.render_error(sets={key: value})
 
 
 # ---------------------------------------------------------------------------------- components
@@ -573,7 +633,7 @@ def test_migrations_job_is_named_after_the_revision_and_pods_wait_for_it() -> No
         "a hook would deadlock on the bundled DB"
     )
     script = pod_spec(job)["containers"][0]["command"][-1]
-    assert "migrate --no-input" in script
+    assert "'migrate' '--no-input'" in script
     assert "ensure_connection" in script
     for name in (
         "fleet-celery-fleet-web",
@@ -581,7 +641,7 @@ def test_migrations_job_is_named_after_the_revision_and_pods_wait_for_it() -> No
         "fleet-celery-fleet-worker-exports",
     ):
         (init,) = pod_spec(by_name(docs, "Deployment", name))["initContainers"]
-        assert "migrate --check" in init["command"][-1]
+        assert "'migrate' '--check'" in init["command"][-1]
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)

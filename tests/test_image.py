@@ -122,10 +122,11 @@ def stack(images: str) -> Iterator[Stack]:
             images,
             "sh",
             "-c",
-            "until python -m fleetsite.manage shell -c"
-            " 'from django.db import connection; connection.ensure_connection()'"
+            "until python -c"
+            " 'import django; django.setup(); from django.db import connection;"
+            " connection.ensure_connection()'"
             " >/dev/null 2>&1; do sleep 1; done;"
-            " exec python -m fleetsite.manage migrate --no-input",
+            " exec python -m django migrate --no-input",
             name="migrate",
             env=env,
             read_only=True,

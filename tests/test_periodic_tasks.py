@@ -152,7 +152,7 @@ def test_backup_database_writes_one_restorable_dump_per_hour_and_keeps_the_last_
     env = base_env(restored, fleet.env["CELERY_BROKER_URL"])
     migrate(env)
     loaded = subprocess.run(
-        [sys.executable, "-m", "fleetsite.manage", "loaddata", second],
+        [sys.executable, "-m", "django", "loaddata", second],
         env=env,
         capture_output=True,
         text=True,

@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from celery_fleet.env import EnvReader
 from celery_fleet.presets import safe_delivery_settings
 from celery_fleet.timings import Timings, TimingsError
+from tests.support.fleet import EXAMPLE_DIR
 
 
 def test_values_come_from_the_variable_or_its_file(tmp_path: Path) -> None:
@@ -88,7 +89,12 @@ def test_presets_carry_the_safe_delivery_settings() -> None:
 
 def _settings_error(**environ: str) -> str:
     code = "import django; django.setup()"
-    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "fleetsite.settings", **environ}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DJANGO_SETTINGS_MODULE": "fleetsite.settings",
+        "PYTHONPATH": str(EXAMPLE_DIR),
+        **environ,
+    }
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     return result.stderr

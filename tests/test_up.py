@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import httpx
 import psutil
 
 from celery_fleet.local.waiting import free_port, wait_until
+from tests.support.fleet import EXAMPLE, EXAMPLE_DIR
 
 
 def start_up(data_dir: Path, port: int, redis_port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
@@ -20,8 +22,9 @@ def start_up(data_dir: Path, port: int, redis_port: int, workers: int, log: Path
         "--workers", str(workers), "--no-autoscale", "--exporter-port", "0", "--no-beat",
         "--drain-window", "3", "--time-limit", "60", "--soft-time-limit", "50",
     ]  # fmt: skip
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("DATABASE_", "CELERY_"))}
-    env["JOBS_STEP_DELAY"] = "0.01"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "CELERY_", "DJANGO_"))}
+    # The example project, named as a user names theirs: the queues come from what its app declares.
+    env.update(JOBS_STEP_DELAY="0.01", CELERY_FLEET_APP=EXAMPLE.celery_app, PYTHONPATH=str(EXAMPLE_DIR))
     return subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
 
 

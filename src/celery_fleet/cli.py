@@ -53,6 +53,29 @@ def timings(
     click.echo(json.dumps(value.as_dict(), indent=2))
 
 
+@main.command()
+@click.option(
+    "--app",
+    "-A",
+    "celery_app",
+    envvar="CELERY_FLEET_APP",
+    required=True,
+    help="The Celery app, as `celery -A` takes it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of one name per line.")
+def queues(celery_app: str, as_json: bool) -> None:
+    """Print the queues the project's Celery app declares (what `up` and the exporter serve by default)."""
+    from celery_fleet.project import declared_queues, load_celery_app
+
+    try:
+        names = declared_queues(load_celery_app(celery_app))
+    except Exception as exc:  # an import error, bad settings, a wrong name: all the user's to fix
+        raise click.UsageError(
+            f"cannot load the Celery app {celery_app!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    click.echo(json.dumps(names) if as_json else "\n".join(names))
+
+
 def _register_optional_commands() -> None:
     """Subcommands living in their own modules (each module owns its options)."""
     from celery_fleet.autoscale.deletion_cost import deletion_cost_command

@@ -1,15 +1,15 @@
 """The command lines and environments of the fleet's roles, shared by ``celery-fleet up``,
-the tests and the container image, so each runs the same way everywhere."""
+the tests and the container image, so each runs the same way everywhere.  The project is
+always the user's (:class:`celery_fleet.project.Project`); nothing here names one."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-#: The Celery app (``celery -A``); the example project by default.
-DEFAULT_CELERY_APP = os.environ.get("CELERY_FLEET_APP", "fleetsite")
+#: gunicorn's configuration for any project (``celery_fleet/gunicorn_conf.py``).
+GUNICORN_CONFIG = "python:celery_fleet.gunicorn_conf"
 
 
 def worker_env(base: Mapping[str, str], probe_dir: Path | None = None) -> dict[str, str]:
@@ -26,10 +26,10 @@ def worker_env(base: Mapping[str, str], probe_dir: Path | None = None) -> dict[s
 def worker_argv(
     queues: Sequence[str],
     *,
+    app: str,
     hostname: str,
     concurrency: int = 1,
     loglevel: str = "INFO",
-    app: str = DEFAULT_CELERY_APP,
     pool: str = "prefork",
 ) -> list[str]:
     return [
@@ -55,20 +55,17 @@ def worker_argv(
     ]
 
 
-def beat_argv(
-    *, loglevel: str = "INFO", app: str = DEFAULT_CELERY_APP, schedule_file: Path | None = None
-) -> list[str]:
+def beat_argv(*, app: str, loglevel: str = "INFO", schedule_file: Path | None = None) -> list[str]:
     argv = [sys.executable, "-m", "celery", "-A", app, "beat", "--loglevel", loglevel]
     if schedule_file is not None:
         argv += ["--schedule", str(schedule_file)]
     return argv
 
 
-def web_argv(
-    wsgi: str = "fleetsite.wsgi:application", config: str = "python:fleetsite.gunicorn_conf"
-) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--config", config, wsgi]
+def web_argv(wsgi_application: str, config: str = GUNICORN_CONFIG) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", config, wsgi_application]
 
 
 def manage_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fleetsite.manage", *args]
+    """``django-admin`` for the project in ``DJANGO_SETTINGS_MODULE`` (no manage.py needed)."""
+    return [sys.executable, "-m", "django", *args]

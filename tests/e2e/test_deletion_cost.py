@@ -24,7 +24,7 @@ from celery_fleet.local.waiting import wait_until
 from tests.e2e.chart import install
 from tests.e2e.host import celery_fleet_cli
 from tests.e2e.kube import CHART, Kube
-from tests.support.fleet import Fleet
+from tests.support.fleet import EXAMPLE, Fleet
 
 RELEASE = "fleet"
 VALUES = ["-f", str(CHART / "ci" / "autoscaling-off-values.yaml")]  # deletionCost.enabled: true
@@ -50,7 +50,7 @@ def _start_worker(fleet: Fleet, pod: str, queue: str) -> ManagedProcess:
     probe_dir = fleet.data_dir / "probes" / pod
     # A short drain window: at teardown the busy worker hands its task back at once.
     env = roles.worker_env({**fleet.env, "CELERY_FLEET_DRAIN_WINDOW": "1"}, probe_dir)
-    argv = roles.worker_argv([queue], hostname=f"default@{pod}", concurrency=1)
+    argv = roles.worker_argv([queue], app=EXAMPLE.celery_app, hostname=f"default@{pod}", concurrency=1)
     process = ManagedProcess(pod, argv, env=env, sink=file_sink(fleet.log_path)).start()
     fleet.processes.append(process)
     wait_until(lambda: (probe_dir / READY_FILE).exists(), timeout=60, what=f"worker for {pod} to be ready")

@@ -15,8 +15,12 @@ from celery_fleet import roles
 from celery_fleet.lifecycle import READY_FILE
 from celery_fleet.local.processes import ManagedProcess, file_sink
 from celery_fleet.local.waiting import free_port, wait_until
+from celery_fleet.project import Project
 
 REPO = Path(__file__).resolve().parents[2]
+#: The bundled example project the tests run (example/ on PYTHONPATH, as `make up` has it).
+EXAMPLE_DIR = REPO / "example"
+EXAMPLE = Project.named("fleetsite")
 
 
 def base_env(
@@ -24,7 +28,8 @@ def base_env(
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_"))}
     env.update(
-        DJANGO_SETTINGS_MODULE="fleetsite.settings",
+        DJANGO_SETTINGS_MODULE=EXAMPLE.settings_module,
+        PYTHONPATH=os.pathsep.join([str(EXAMPLE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]),
         CELERY_FLEET_DATA_DIR=str(data_dir),
         CELERY_BROKER_URL=broker_url,
         DATABASE_URL=database_url or f"sqlite:///{data_dir / 'db.sqlite3'}",
@@ -66,7 +71,9 @@ class Fleet:
         name = name or f"worker{self._count}"
         probe_dir = self.data_dir / "probes" / name
         env = roles.worker_env({**self.env, **(extra_env or {})}, probe_dir)
-        argv = roles.worker_argv(queues, hostname=f"{name}@test", concurrency=concurrency)
+        argv = roles.worker_argv(
+            queues, app=EXAMPLE.celery_app, hostname=f"{name}@test", concurrency=concurrency
+        )
         process = ManagedProcess(name, argv, env=env, sink=file_sink(self.log_path)).start()
         process.probe_dir = probe_dir  # type: ignore[attr-defined]
         self.processes.append(process)
@@ -87,7 +94,9 @@ class Fleet:
             "WEB_CONCURRENCY": "2",
             **(extra_env or {}),
         }
-        process = ManagedProcess("web", roles.web_argv(), env=env, sink=file_sink(self.log_path)).start()
+        process = ManagedProcess(
+            "web", roles.web_argv(EXAMPLE.wsgi_application), env=env, sink=file_sink(self.log_path)
+        ).start()
         self.processes.append(process)
         url = f"http://127.0.0.1:{port}"
         wait_until(

@@ -262,6 +262,13 @@ checksum/secret: {{ dict "django" .Values.django "broker" (pick .Values.broker "
     sizeLimit: 256Mi
 {{- end }}
 
+{{/* A command list as one line of sh words, each single-quoted (values are never shell-interpreted). */}}
+{{- define "celery-fleet.shellWords" -}}
+{{- $words := list -}}
+{{- range . }}{{ $words = append $words (printf "'%s'" (replace "'" "'\\''" .)) }}{{ end -}}
+{{- join " " $words -}}
+{{- end }}
+
 {{/* initContainer: wait until the migrations Job has migrated the database (web and workers). */}}
 {{- define "celery-fleet.waitForMigrations" -}}
 {{- if and .Values.migrations.enabled .Values.migrations.waitInInitContainers }}
@@ -272,7 +279,7 @@ checksum/secret: {{ dict "django" .Values.django "broker" (pick .Values.broker "
     - sh
     - -c
     - |
-      until python -m fleetsite.manage migrate --check >/dev/null 2>&1; do
+      until {{ include "celery-fleet.shellWords" .Values.migrations.checkCommand }} >/dev/null 2>&1; do
         echo "waiting for the database migrations"
         sleep 5
       done

@@ -26,16 +26,15 @@ from celery_fleet.exporter.server import ExporterServer, exporter_app
 logger = logging.getLogger("celery_fleet.exporter")
 
 DEFAULT_PORT = 9808
-DEFAULT_QUEUES = "default,exports,periodic"
+#: Celery's own default queue: what an app that names no queue sends to.
+CELERY_DEFAULT_QUEUE = "celery"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def parse_queues(text: str) -> list[str]:
     queues = list(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
     if not queues:
-        raise click.BadParameter(
-            "give at least one queue name, e.g. default,exports,periodic", param_hint="--queues"
-        )
+        raise click.BadParameter("give at least one queue name, e.g. default,exports", param_hint="--queues")
     return queues
 
 
@@ -47,6 +46,20 @@ def check_broker_url(url: str) -> str:
             param_hint="--broker-url",
         )
     return url
+
+
+def default_queues(celery_app: str | None) -> list[str]:
+    """What the project declares (its Celery app loaded here), else Celery's default queue."""
+    if celery_app is None:
+        return [CELERY_DEFAULT_QUEUE]
+    from celery_fleet.project import declared_queues, load_celery_app
+
+    try:
+        return declared_queues(load_celery_app(celery_app))
+    except Exception as exc:  # the user's import error or settings: say so, name the way out
+        raise click.UsageError(
+            f"cannot read the queues of {celery_app!r} ({type(exc).__name__}: {exc}); name them with --queues"
+        ) from exc
 
 
 @dataclass
@@ -158,9 +171,17 @@ class Exporter:
 @click.option(
     "--queues",
     envvar="CELERY_FLEET_QUEUES",
-    default=DEFAULT_QUEUES,
-    show_default=True,
-    help="Comma-separated queues to report even with no worker (CELERY_FLEET_QUEUES).",
+    default=None,
+    help="Comma-separated queues to report even with no worker (CELERY_FLEET_QUEUES) "
+    "[default: the queues --app declares, else Celery's default queue 'celery'].",
+)
+@click.option(
+    "--app",
+    "-A",
+    "celery_app",
+    envvar="CELERY_FLEET_APP",
+    default=None,
+    help="The project's Celery app (CELERY_FLEET_APP): its declared queues are the default --queues.",
 )
 @click.option(
     "--port",
@@ -194,7 +215,8 @@ class Exporter:
 @click.option("--log-level", envvar="LOG_LEVEL", default="INFO", show_default=True)
 def exporter(
     broker_url: str,
-    queues: str,
+    queues: str | None,
+    celery_app: str | None,
     port: int,
     host: str,
     worker_labels: bool,
@@ -208,7 +230,7 @@ def exporter(
     disable_created_metrics()  # type: ignore[no-untyped-call]
     running = Exporter(
         broker_url=check_broker_url(broker_url),
-        queues=parse_queues(queues),
+        queues=parse_queues(queues) if queues is not None else default_queues(celery_app),
         host=host,
         port=port,
         worker_labels=worker_labels,

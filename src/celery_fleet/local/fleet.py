@@ -18,6 +18,7 @@ from celery_fleet.local.processes import LineSink, ManagedProcess, console_sink
 from celery_fleet.local.redis_server import RedisServer
 from celery_fleet.local.waiting import port_open, wait_until
 from celery_fleet.local.workers import WorkerGroup, default_groups
+from celery_fleet.project import Project
 from celery_fleet.timings import Timings
 
 logger = logging.getLogger("celery_fleet.local.fleet")
@@ -26,12 +27,15 @@ logger = logging.getLogger("celery_fleet.local.fleet")
 @dataclass
 class FleetConfig:
     data_dir: Path
+    #: The user's project: Celery app, WSGI application, settings module.
+    project: Project
+    #: The queues to run worker groups for (one group each), the first being the user-jobs queue.
+    queues: tuple[str, ...]
     web_host: str = "127.0.0.1"
     web_port: int = 8000
     start_workers: int = 2
     max_workers: int = 4
     concurrency: int = 1
-    queues: tuple[str, ...] = ("default", "exports", "periodic")
     autoscale: bool = True
     autoscale_interval: float = 5.0
     exporter_port: int = 9808
@@ -60,13 +64,14 @@ class LocalFleet:
     def broker_url(self) -> str:
         if self.config.broker_url:
             return self.config.broker_url
-        assert self.redis is not None
-        return self.redis.url
+        # The local redis-server's address, also before it runs (the environment is built first).
+        return self.redis.url if self.redis is not None else f"redis://127.0.0.1:{self.config.redis_port}/0"
 
     def env(self) -> dict[str, str]:
         config = self.config
         env = dict(os.environ)
-        env.setdefault("DJANGO_SETTINGS_MODULE", "fleetsite.settings")
+        env["DJANGO_SETTINGS_MODULE"] = config.project.settings_module
+        env["CELERY_FLEET_APP"] = config.project.celery_app
         env.setdefault("DATABASE_URL", f"sqlite:///{config.data_dir / 'db.sqlite3'}")
         env.setdefault("ALLOWED_HOSTS", f"127.0.0.1,localhost,{config.web_host}")
         if config.secret_key:
@@ -104,7 +109,7 @@ class LocalFleet:
         subprocess.run(roles.manage_argv("migrate", "--no-input", "-v", "1"), env=env, check=True)
 
         web_env = {**env, "PORT": str(config.web_port), "WEB_HOST": config.web_host}
-        self._service("web", roles.web_argv(), web_env)
+        self._service("web", roles.web_argv(config.project.wsgi_application), web_env)
         for spec in default_groups(config.start_workers, config.max_workers, config.queues):
             spec.concurrency = config.concurrency
             group = WorkerGroup(
@@ -113,6 +118,7 @@ class LocalFleet:
                 probe_root=config.data_dir / "probes",
                 sink=self.sink,
                 grace_period=float(config.timings.effective_grace_period),
+                celery_app=config.project.celery_app,
                 loglevel=config.loglevel,
             )
             self.groups[spec.name] = group
@@ -125,7 +131,9 @@ class LocalFleet:
             )
         if config.beat:
             beat_env = {**env, "CELERY_FLEET_PROBE_DIR": str(config.data_dir / "probes" / "beat")}
-            self._service("beat", roles.beat_argv(loglevel=config.loglevel), beat_env)
+            self._service(
+                "beat", roles.beat_argv(app=config.project.celery_app, loglevel=config.loglevel), beat_env
+            )
         wait_until(
             lambda: port_open(
                 config.web_host if config.web_host != "0.0.0.0" else "127.0.0.1", config.web_port

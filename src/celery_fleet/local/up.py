@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -14,7 +15,7 @@ import click
 
 from celery_fleet.local.fleet import FleetConfig, LocalFleet
 from celery_fleet.local.redis_server import INSTALL_HINT, redis_server_binary
-from celery_fleet.queues import DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE
+from celery_fleet.project import Project, ProjectError
 from celery_fleet.timings import Timings, TimingsError
 
 
@@ -30,7 +31,58 @@ def _secret_key(data_dir: Path) -> str:
     return path.read_text(encoding="ascii").strip()
 
 
+def _declared_queues(project: Project, env: dict[str, str]) -> tuple[str, ...]:
+    """Ask the project's Celery app which queues it sends to (in a child: its settings stay out of here)."""
+    argv = [sys.executable, "-m", "celery_fleet.cli", "queues", "--app", project.celery_app, "--json"]
+    found = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    if found.returncode != 0:
+        raise click.ClickException(
+            f"could not read the queues of {project.celery_app!r}: {found.stderr.strip().splitlines()[-1:]}"
+            " (name them with --queues)"
+        )
+    return tuple(json.loads(found.stdout))
+
+
+def _queue_list(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(dict.fromkeys(q.strip() for q in value.split(",") if q.strip()))
+    if not names:
+        raise click.BadParameter("give at least one queue name, e.g. default,exports", param_hint="--queues")
+    return names
+
+
 @click.command()
+@click.option(
+    "--app",
+    "-A",
+    "celery_app",
+    envvar="CELERY_FLEET_APP",
+    required=True,
+    help="Your project's Celery app, as `celery -A` takes it (CELERY_FLEET_APP). "
+    "Run from your project's folder, or put it on PYTHONPATH.",
+)
+@click.option(
+    "--wsgi",
+    "wsgi_application",
+    envvar="CELERY_FLEET_WSGI",
+    default=None,
+    help="module:attribute of the WSGI application (CELERY_FLEET_WSGI) [default: APP.wsgi:application].",
+)
+@click.option(
+    "--settings",
+    "settings_module",
+    envvar="DJANGO_SETTINGS_MODULE",
+    default=None,
+    help="Django settings module (DJANGO_SETTINGS_MODULE) [default: APP.settings].",
+)
+@click.option(
+    "--queues",
+    envvar="CELERY_FLEET_QUEUES",
+    default=None,
+    help="Comma-separated queues, one worker group each, the first for user jobs (CELERY_FLEET_QUEUES) "
+    "[default: the queues the app declares].",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Web port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the web tier listens on.")
 @click.option(
@@ -103,6 +155,10 @@ def _secret_key(data_dir: Path) -> str:
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 def up(
+    celery_app: str,
+    wsgi_application: str | None,
+    settings_module: str | None,
+    queues: str | None,
     port: int,
     host: str,
     workers: int,
@@ -130,15 +186,23 @@ def up(
             redis_server_binary()
         except FileNotFoundError:
             raise click.ClickException(INSTALL_HINT) from None
+    try:
+        project = Project.named(
+            celery_app, wsgi_application=wsgi_application, settings_module=settings_module
+        )
+    except ProjectError as exc:
+        raise click.UsageError(str(exc)) from exc
+    queue_names = _queue_list(queues)
     data_dir = data_dir.resolve()
     config = FleetConfig(
         data_dir=data_dir,
+        project=project,
+        queues=queue_names or (),
         web_host=host,
         web_port=port,
         start_workers=workers,
         max_workers=max_workers,
         concurrency=concurrency,
-        queues=(DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE),
         autoscale=autoscale,
         exporter_port=exporter_port,
         beat=beat,
@@ -149,6 +213,8 @@ def up(
         secret_key=_secret_key(data_dir),
     )
     fleet = LocalFleet(config)
+    if not config.queues:
+        config.queues = _declared_queues(project, fleet.env())
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:

@@ -58,6 +58,8 @@ class WorkerGroup:
     probe_root: Path
     sink: LineSink
     grace_period: float
+    #: ``celery -A`` of the user's project.
+    celery_app: str
     loglevel: str = "INFO"
     workers: list[LocalWorker] = field(default_factory=list)
     draining: list[LocalWorker] = field(default_factory=list)
@@ -91,6 +93,7 @@ class WorkerGroup:
                 stale.unlink(missing_ok=True)
             argv = roles.worker_argv(
                 self.spec.queues,
+                app=self.celery_app,
                 hostname=f"{name}@%h",
                 concurrency=self.spec.concurrency,
                 loglevel=self.loglevel,

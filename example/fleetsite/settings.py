@@ -11,10 +11,14 @@ from django.core.exceptions import ImproperlyConfigured
 
 from celery_fleet.env import env
 from celery_fleet.presets import safe_delivery_settings
-from celery_fleet.queues import DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE
 from celery_fleet.timings import Timings, TimingsError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# The example's queues: user jobs, CSV exports, periodic housekeeping (each its own worker group).
+DEFAULT_QUEUE = "default"
+EXPORTS_QUEUE = "exports"
+PERIODIC_QUEUE = "periodic"
 
 DEBUG = env.bool("DEBUG", False)
 # The fleet's data folder: SQLite database and local broker data on one machine.
@@ -36,6 +40,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    # /healthz and /readyz (celery_fleet.django.urls), shared by every project on celery-fleet.
+    "celery_fleet.django",
     "jobs",
 ]
 

@@ -7,15 +7,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from celery import current_app
 from django.contrib import messages
 from django.contrib.auth.models import User
 from django.core.paginator import Paginator
-from django.db import connection
 from django.http import (
     HttpRequest,
     HttpResponse,
-    HttpResponseBase,
     JsonResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
@@ -23,7 +20,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from celery_fleet.health import check_broker, shutting_down
+from celery_fleet.health import shutting_down
 from jobs.forms import RandomUsersForm
 from jobs.models import ExportFile, Job, JobKind, JobState
 from jobs.services import EnqueueError, submit_job
@@ -178,27 +175,3 @@ def openapi_spec(request: HttpRequest) -> HttpResponse:
 @require_GET
 def api_docs(request: HttpRequest) -> HttpResponse:
     return render(request, "jobs/api_docs.html", {"spec": OPENAPI_PATH.read_text(encoding="utf-8")})
-
-
-# --- Health ------------------------------------------------------------------------------
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
-
-
-def readyz(request: HttpRequest) -> HttpResponseBase:
-    failures: dict[str, str] = {}
-    if shutting_down.is_set():
-        failures["process"] = "shutting down"
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-    except Exception as exc:
-        failures["database"] = f"{type(exc).__name__}: {exc}"
-    try:
-        check_broker(current_app.conf.broker_url)
-    except Exception as exc:
-        failures["broker"] = f"{type(exc).__name__}: {exc}"
-    if failures:
-        return JsonResponse({"status": "unavailable", "failing": failures}, status=503)
-    return JsonResponse({"status": "ok", "checks": ["database", "broker"]})

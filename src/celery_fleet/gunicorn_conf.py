@@ -1,4 +1,5 @@
-"""gunicorn settings, from the environment (``gunicorn -c python:fleetsite.gunicorn_conf``).
+"""gunicorn settings for any Django project, from the environment
+(``gunicorn --config python:celery_fleet.gunicorn_conf PROJECT.wsgi:application``).
 
 On SIGTERM gunicorn stops accepting, finishes in-flight requests (up to
 ``graceful_timeout``) and exits; each worker also flips ``/readyz`` to 503 the moment

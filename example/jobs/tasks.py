@@ -171,7 +171,7 @@ def backup_database() -> str:
     mix their output); a run killed mid-dump leaves only that temporary file, removed by a
     later run once it is older than the task time limit.  The dump streams to disk, and on
     PostgreSQL it reads one consistent snapshot.  Restore with
-    ``python -m fleetsite.manage loaddata <file>``.
+    ``python -m django loaddata <file>`` (or ``python example/manage.py loaddata <file>``).
     """
     import contextlib
     import os

@@ -1,5 +1,0 @@
-"""Queue names shared by the example project, the local fleet and the chart defaults."""
-
-DEFAULT_QUEUE = "default"
-EXPORTS_QUEUE = "exports"
-PERIODIC_QUEUE = "periodic"

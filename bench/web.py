@@ -143,7 +143,7 @@ def start_web(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], 
     # Output straight to a file: a pump thread in this process would compete with the client.
     with log.open("ab") as fh:
         process = subprocess.Popen(
-            roles.web_argv("fleetsite.wsgi:application"),
+            roles.web_argv("fleetsite.asgi:application"),
             env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,

@@ -8,7 +8,7 @@ role="${1:-web}"
 
 case "$role" in
   web)
-    exec gunicorn --config python:celery_fleet.gunicorn_conf "${CELERY_FLEET_WSGI:?set CELERY_FLEET_WSGI}" "$@" ;;
+    exec gunicorn --config python:celery_fleet.gunicorn_conf "${CELERY_FLEET_ASGI:?set CELERY_FLEET_ASGI}" "$@" ;;
   worker)
     # SIGTERM (docker stop, Kubernetes) -> Celery soft shutdown: drain, then requeue.
     export REMAP_SIGTERM="${REMAP_SIGTERM:-SIGQUIT}"

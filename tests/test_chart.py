@@ -327,7 +327,7 @@ def test_web_grace_covers_prestop_and_gunicorn_drain() -> None:
         "gunicorn",
         "--config",
         "python:celery_fleet.gunicorn_conf",
-        "fleetsite.wsgi:application",
+        "fleetsite.asgi:application",
     ]
 
 
@@ -464,7 +464,7 @@ def test_web_cpu_hpa_and_ingress() -> None:
 #: A project the chart has never seen, named the way a user names theirs (app.*, image.*).
 OTHER_APP = {
     "app.celeryApp": "shop.tasks:celery",
-    "app.wsgiApplication": "shop.web:app",
+    "app.asgiApplication": "shop.web:app",
     "app.djangoSettingsModule": "shop.conf.production",
     "image.repository": "registry.example.com/shop",
     "image.tag": "1.2.3",
@@ -511,7 +511,7 @@ def test_another_project_is_run_by_its_own_names_and_the_example_is_never_named(
     ("key", "value", "message"),
     [
         ("app.celeryApp", "my-project", "celeryApp"),
-        ("app.wsgiApplication", "shop.wsgi", "wsgiApplication"),
+        ("app.asgiApplication", "shop.wsgi", "asgiApplication"),
         ("app.djangoSettingsModule", "shop/settings.py", "djangoSettingsModule"),
     ],
 )

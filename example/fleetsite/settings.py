@@ -40,20 +40,26 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    # The JSON API (jobs/api.py); in INSTALLED_APPS so its Swagger UI comes from its own static files.
+    "ninja",
     # /healthz and /readyz (celery_fleet.django.urls), shared by every project on celery-fleet.
     "celery_fleet.django",
     "jobs",
 ]
 
+# Every middleware here works in async mode: one sync-only middleware would make each request hold a
+# thread for its whole length under ASGI, long-polls included (hence servestatic, not whitenoise).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # HEAD wherever GET, JSON errors under /api/ (jobs/middleware.py).
+    "jobs.middleware.api_http_rules",
 ]
 
 ROOT_URLCONF = "fleetsite.urls"
@@ -99,10 +105,10 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", str(DATA_DIR / "static")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedStaticFilesStorage"},
 }
-# Serve static files from the app folders without collectstatic (one machine, tests).
-WHITENOISE_USE_FINDERS = True
+# Serve static files from the app folders without collectstatic (one machine, tests, the image).
+SERVESTATIC_USE_FINDERS = True
 
 LOGGING = {
     "version": 1,
@@ -110,7 +116,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # A 4xx is in the web server's access log already; 5xx still log here, with the traceback.
+        "django.request": {"level": "ERROR"},
+    },
 }
 
 # --- Jobs -------------------------------------------------------------------------------
@@ -138,6 +148,13 @@ except TimingsError as exc:
 
 # The broker: redis:// (the default) or amqp:// for RabbitMQ.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# Where workers announce job changes and long-polls hear them (Redis pub/sub): the broker's Redis
+# unless set; "off" (or a RabbitMQ broker) and long-polls re-read the database every second instead.
+_notify_url = env.str("JOBS_NOTIFY_REDIS_URL", "")
+if _notify_url == "off":
+    JOBS_NOTIFY_REDIS_URL = ""
+else:
+    JOBS_NOTIFY_REDIS_URL = _notify_url or (CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "")
 # Safe delivery: late acks, reject on worker lost, prefetch 1, JSON only, limits, visibility.
 globals().update(safe_delivery_settings(broker_url=CELERY_BROKER_URL, timings=WORKER_TIMINGS))
 # Unnamed tasks go to the default queue; users' jobs must not wait behind exports or the schedule.

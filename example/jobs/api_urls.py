@@ -1,13 +1,14 @@
+"""``/api/``: the django-ninja API (operations, ``openapi.json``, ``docs/``) and the spec as YAML."""
+
 from django.urls import path
 
-from jobs import views
+from jobs.api import api, openapi_yaml
+
+ninja_patterns, _, _ = api.urls
 
 app_name = "api"
 
 urlpatterns = [
-    path("jobs/", views.api_jobs, name="jobs"),
-    path("jobs/<str:job_id>", views.api_job, name="job"),
-    path("users/", views.api_users, name="users"),
-    path("openapi.yaml", views.openapi_spec, name="openapi"),
-    path("docs/", views.api_docs, name="docs"),
+    *ninja_patterns,
+    path("openapi.yaml", openapi_yaml, name="openapi"),
 ]

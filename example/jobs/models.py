@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.db import models
 
 
@@ -20,6 +21,14 @@ class JobState(models.TextChoices):
 
 
 FINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE})
+#: What the pages call each state (the API keeps the values).
+STATE_LABELS = {
+    JobState.PENDING: "Queued",
+    JobState.STARTED: "Started",
+    JobState.PROGRESS: "Running",
+    JobState.SUCCESS: "Done",
+    JobState.FAILURE: "Failed",
+}
 
 
 class Job(models.Model):
@@ -51,6 +60,10 @@ class Job(models.Model):
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
 
+    @property
+    def state_label(self) -> str:
+        return STATE_LABELS.get(JobState(self.state), self.state)
+
     def as_api(self) -> dict[str, Any]:
         return {
             "id": str(self.id),
@@ -66,6 +79,11 @@ class Job(models.Model):
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }
+
+
+def public_users() -> models.QuerySet[User]:
+    """The users pages, the API and exports may show: never staff or superuser accounts."""
+    return User.objects.filter(is_staff=False, is_superuser=False)
 
 
 class GeneratedUser(models.Model):

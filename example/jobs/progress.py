@@ -1,4 +1,8 @@
-"""State transitions of a Job, written by the worker as the task runs."""
+"""State transitions of a Job, written by the worker as the task runs.
+
+Final states and follow-up callbacks are announced (``jobs.notify``) once committed, so long-polls
+waiting on the job answer at once.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from uuid import UUID
 from django.db.models import F
 from django.utils import timezone
 
+from jobs import notify
 from jobs.models import Job, JobState
 
 
@@ -28,10 +33,12 @@ def mark_succeeded(job_id: UUID | str, result: dict[str, Any]) -> None:
     Job.objects.filter(pk=job_id).update(
         state=JobState.SUCCESS, progress=100, result=result, error="", finished_at=timezone.now()
     )
+    notify.job_changed(job_id)
 
 
 def mark_failed(job_id: UUID | str, error: str) -> None:
     Job.objects.filter(pk=job_id).update(state=JobState.FAILURE, error=error, finished_at=timezone.now())
+    notify.job_changed(job_id)
 
 
 def record_callback(job_id: UUID | str, name: str) -> None:
@@ -39,3 +46,4 @@ def record_callback(job_id: UUID | str, name: str) -> None:
     if name not in job.callbacks_ran:  # a redelivered callback records itself once
         job.callbacks_ran = [*job.callbacks_ran, name]
         job.save(update_fields=["callbacks_ran"])
+        notify.job_changed(job_id)

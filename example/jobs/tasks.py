@@ -24,7 +24,7 @@ from django.utils import timezone
 from faker import Faker
 
 from jobs import progress
-from jobs.models import ExportFile, GeneratedUser, Job, WorkRun
+from jobs.models import ExportFile, GeneratedUser, Job, WorkRun, public_users
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def generate_random_users(self: Any, job_id: str) -> dict[str, Any]:
 def export_users(self: Any, job_id: str) -> dict[str, Any]:
     job = progress.mark_started(job_id)
     try:
-        users = User.objects.order_by("id")
+        users = public_users().order_by("id")  # staff accounts are never exported
         total = users.count()
         buffer = io.StringIO()
         writer = csv.writer(buffer)

@@ -1,26 +1,24 @@
 """gunicorn settings for any Django project, from the environment
-(``gunicorn --config python:celery_fleet.gunicorn_conf PROJECT.wsgi:application``).
+(``gunicorn --config python:celery_fleet.gunicorn_conf PROJECT.asgi:application``).
 
-On SIGTERM gunicorn stops accepting, finishes in-flight requests (up to
-``graceful_timeout``) and exits; each worker also flips ``/readyz`` to 503 the moment
-the signal arrives, so a load balancer that still routes here drops the endpoint first.
+The workers are uvicorn's ASGI workers (``celery_fleet.gunicorn_worker``): a waiting request
+costs a coroutine, not a thread.  On SIGTERM gunicorn stops accepting, finishes in-flight
+requests (up to ``graceful_timeout``) and exits; each worker also flips ``/readyz`` to 503 the
+moment the signal arrives, so a load balancer that still routes here drops the endpoint first.
 """
 
 from __future__ import annotations
 
-import signal
-from typing import Any
-
 from celery_fleet.env import env
-from celery_fleet.health import shutting_down
 
 bind = env.str(
     "GUNICORN_BIND", f"{env.str('WEB_HOST', '0.0.0.0')}:{env.int('PORT', 8000, minimum=1, maximum=65535)}"
 )
 workers = env.int("WEB_CONCURRENCY", 2, minimum=1)
-threads = env.int("GUNICORN_THREADS", 4, minimum=1)
-worker_class = "gthread"
-# Kill a request stuck longer than this; slow work belongs in Celery, not here.
+worker_class = "celery_fleet.gunicorn_worker.DrainingUvicornWorker"
+# Requests one worker serves at once; beyond it uvicorn answers 503 at once.
+worker_connections = env.int("GUNICORN_WORKER_CONNECTIONS", 1000, minimum=1)
+# Restart a worker whose event loop is blocked this long; slow work belongs in Celery, not here.
 timeout = env.int("GUNICORN_TIMEOUT", 30, minimum=1)
 # Seconds in-flight requests get to finish after SIGTERM (keep below the pod's grace period).
 graceful_timeout = env.int("GUNICORN_GRACEFUL_TIMEOUT", 20, minimum=1)
@@ -33,19 +31,6 @@ loglevel = env.str("GUNICORN_LOGLEVEL", "info")
 # /dev/shm keeps the worker heartbeat off a possibly read-only or slow disk.
 worker_tmp_dir = env.str("GUNICORN_WORKER_TMP_DIR", "/dev/shm")
 forwarded_allow_ips = env.str("FORWARDED_ALLOW_IPS", "127.0.0.1")
-
-
-def post_worker_init(worker: Any) -> None:
-    """Mark the worker as shutting down on SIGTERM, then let gunicorn drain as usual."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        shutting_down.set()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-
 
 # No gunicornc control socket: nothing here uses it, and the root filesystem may be read-only.
 control_socket_disable = True

@@ -2,8 +2,8 @@
 
 celery-fleet never imports a project of its own; the user names theirs (``celery-fleet up --app
 PROJECT``, the chart's ``app.*`` values).  The defaults follow ``django-admin startproject`` and
-Celery's "First steps with Django": ``PROJECT/celery.py`` defines the app, ``PROJECT/wsgi.py``
-the WSGI application and ``PROJECT/settings.py`` the settings.
+Celery's "First steps with Django": ``PROJECT/celery.py`` defines the app, ``PROJECT/asgi.py``
+the ASGI application and ``PROJECT/settings.py`` the settings.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ def _dotted(what: str, value: str) -> str:
 class Project:
     #: What ``celery -A`` takes: a module (or ``module:attribute``) holding the Celery app.
     celery_app: str
-    #: ``module:attribute`` of the WSGI application gunicorn serves.
-    wsgi_application: str
+    #: ``module:attribute`` of the ASGI application gunicorn serves.
+    asgi_application: str
     #: ``DJANGO_SETTINGS_MODULE``.
     settings_module: str
 
     @classmethod
     def named(
-        cls, celery_app: str, *, wsgi_application: str | None = None, settings_module: str | None = None
+        cls, celery_app: str, *, asgi_application: str | None = None, settings_module: str | None = None
     ) -> Project:
         """The project ``celery_app``, with Django's conventional module names for what is not given."""
         module, _, attribute = celery_app.partition(":")
@@ -47,13 +47,13 @@ class Project:
         if attribute:
             _dotted("the Celery app's attribute", attribute)
         package = module.split(".")[0]
-        wsgi = wsgi_application or f"{package}.wsgi:application"
-        wsgi_module, colon, wsgi_attribute = wsgi.partition(":")
-        _dotted("the WSGI application's module", wsgi_module)
-        if not colon or not wsgi_attribute:
-            raise ProjectError(f"the WSGI application must be 'module:attribute', got {wsgi!r}")
+        web_app = asgi_application or f"{package}.asgi:application"
+        app_module, colon, app_attribute = web_app.partition(":")
+        _dotted("the ASGI application's module", app_module)
+        if not colon or not app_attribute:
+            raise ProjectError(f"the ASGI application must be 'module:attribute', got {web_app!r}")
         settings = _dotted("the settings module", settings_module or f"{package}.settings")
-        return cls(celery_app=celery_app, wsgi_application=wsgi, settings_module=settings)
+        return cls(celery_app=celery_app, asgi_application=web_app, settings_module=settings)
 
 
 def load_celery_app(name: str) -> Celery:

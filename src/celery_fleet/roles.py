@@ -62,8 +62,8 @@ def beat_argv(*, app: str, loglevel: str = "INFO", schedule_file: Path | None = 
     return argv
 
 
-def web_argv(wsgi_application: str, config: str = GUNICORN_CONFIG) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--config", config, wsgi_application]
+def web_argv(asgi_application: str, config: str = GUNICORN_CONFIG) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", config, asgi_application]
 
 
 def manage_argv(*args: str) -> list[str]:

@@ -95,7 +95,7 @@ class Fleet:
             **(extra_env or {}),
         }
         process = ManagedProcess(
-            "web", roles.web_argv(EXAMPLE.wsgi_application), env=env, sink=file_sink(self.log_path)
+            "web", roles.web_argv(EXAMPLE.asgi_application), env=env, sink=file_sink(self.log_path)
         ).start()
         self.processes.append(process)
         url = f"http://127.0.0.1:{port}"

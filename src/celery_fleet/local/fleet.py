@@ -27,7 +27,7 @@ logger = logging.getLogger("celery_fleet.local.fleet")
 @dataclass
 class FleetConfig:
     data_dir: Path
-    #: The user's project: Celery app, WSGI application, settings module.
+    #: The user's project: Celery app, ASGI application, settings module.
     project: Project
     #: The queues to run worker groups for (one group each), the first being the user-jobs queue.
     queues: tuple[str, ...]
@@ -109,7 +109,7 @@ class LocalFleet:
         subprocess.run(roles.manage_argv("migrate", "--no-input", "-v", "1"), env=env, check=True)
 
         web_env = {**env, "PORT": str(config.web_port), "WEB_HOST": config.web_host}
-        self._service("web", roles.web_argv(config.project.wsgi_application), web_env)
+        self._service("web", roles.web_argv(config.project.asgi_application), web_env)
         for spec in default_groups(config.start_workers, config.max_workers, config.queues):
             spec.concurrency = config.concurrency
             group = WorkerGroup(

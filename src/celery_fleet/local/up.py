@@ -63,11 +63,11 @@ def _queue_list(value: str | None) -> tuple[str, ...] | None:
     "Run from your project's folder, or put it on PYTHONPATH.",
 )
 @click.option(
-    "--wsgi",
-    "wsgi_application",
-    envvar="CELERY_FLEET_WSGI",
+    "--asgi",
+    "asgi_application",
+    envvar="CELERY_FLEET_ASGI",
     default=None,
-    help="module:attribute of the WSGI application (CELERY_FLEET_WSGI) [default: APP.wsgi:application].",
+    help="module:attribute of the ASGI application (CELERY_FLEET_ASGI) [default: APP.asgi:application].",
 )
 @click.option(
     "--settings",
@@ -156,7 +156,7 @@ def _queue_list(value: str | None) -> tuple[str, ...] | None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def up(
     celery_app: str,
-    wsgi_application: str | None,
+    asgi_application: str | None,
     settings_module: str | None,
     queues: str | None,
     port: int,
@@ -188,7 +188,7 @@ def up(
             raise click.ClickException(INSTALL_HINT) from None
     try:
         project = Project.named(
-            celery_app, wsgi_application=wsgi_application, settings_module=settings_module
+            celery_app, asgi_application=asgi_application, settings_module=settings_module
         )
     except ProjectError as exc:
         raise click.UsageError(str(exc)) from exc

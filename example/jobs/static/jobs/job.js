@@ -1,50 +1,53 @@
-// Polls the job's API URL and moves the progress bar until the job is final.
+// Follows a job on its page: moves the state and the progress bar while it runs, then shows the
+// finished page as the server renders it (times, durations, result), without a reload.
 (function () {
   "use strict";
   const card = document.getElementById("job");
   if (!card) return;
   const url = card.dataset.apiUrl;
+  const labels = JSON.parse(document.getElementById("state-labels").textContent);
   const $ = (id) => document.getElementById(id);
+  const isFinal = (state) => state === "SUCCESS" || state === "FAILURE";
 
   function render(job) {
     const state = $("state");
-    state.textContent = job.state;
+    state.textContent = labels[job.state] || job.state;
     state.className = "state state-" + job.state.toLowerCase();
     $("progress").value = job.progress;
     $("progress-text").textContent = job.progress + "%";
-    $("attempts").textContent = job.attempts;
-    $("callbacks").textContent = job.callbacks_ran.length ? job.callbacks_ran.join(", ") : "none yet";
-    if (job.state === "SUCCESS") {
-      $("result").hidden = false;
-      $("result-json").textContent = JSON.stringify(job.result, null, 2);
-      if (job.download_url) {
-        $("download").hidden = false;
-        $("download-link").href = job.download_url;
-      }
-    }
-    if (job.state === "FAILURE") {
-      $("error").hidden = false;
-      $("error-text").textContent = job.error;
-    }
   }
 
-  let polls = 0;
+  async function showFinishedPage() {
+    const response = await fetch(window.location.href, { headers: { Accept: "text/html" } });
+    if (!response.ok) return false;
+    const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const fresh = page.getElementById("job");
+    if (!fresh) return false;
+    card.innerHTML = fresh.innerHTML;
+    card.dataset.final = fresh.dataset.final;
+    card.dataset.callbacks = fresh.dataset.callbacks;
+    return true;
+  }
+
+  let finalPolls = 0;
   async function poll() {
-    polls += 1;
     try {
       const response = await fetch(url, { headers: { Accept: "application/json" } });
       if (response.ok) {
         const job = await response.json();
         render(job);
-        // Keep polling a little after the end so the follow-up callbacks show up too.
-        const final = job.state === "SUCCESS" || job.state === "FAILURE";
-        if (final && job.callbacks_ran.length > 0) return;
-        if (final && polls > 600) return;
+        if (isFinal(job.state)) {
+          finalPolls += 1;
+          // The follow-up callback lands a moment after the end: wait for it, a little.
+          if (job.callbacks_ran.length > 0 || finalPolls > 25) {
+            if (await showFinishedPage()) return;
+          }
+        }
       }
     } catch (err) {
       console.warn("poll failed", err);
     }
     setTimeout(poll, 400);
   }
-  poll();
+  if (card.dataset.final !== "true" || card.dataset.callbacks === "0") poll();
 })();

@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/web.py [--requests 6000] [--concurrency 8] [--plot web.png]
 
-One gunicorn (the project's real ``python:celery_fleet.gunicorn_conf``: gthread, 2 workers x 4
-threads by default) serves the project with ``bench/benchsite`` settings, which only add
+One gunicorn (the project's real ``python:celery_fleet.gunicorn_conf``: 2 uvicorn ASGI workers
+by default) serves the project with ``bench/benchsite`` settings, which only add
 baseline views.  Every variant gets the same JSON body and answers the same 202 JSON:
 
 * ``bare``     ``POST /bench/bare``     parse + validate the body, answer; no database, no broker;
@@ -280,7 +280,6 @@ def main() -> int:
     parser.add_argument(
         "--web-concurrency", type=int, help="gunicorn workers (WEB_CONCURRENCY; config default 2)"
     )
-    parser.add_argument("--threads", type=int, help="threads per worker (GUNICORN_THREADS; config default 4)")
     parser.add_argument(
         "--max-requests",
         type=int,
@@ -315,8 +314,6 @@ def main() -> int:
             env["BENCH_SQLITE_CONN_MAX_AGE"] = str(args.sqlite_conn_max_age)
         if args.web_concurrency:
             env["WEB_CONCURRENCY"] = str(args.web_concurrency)
-        if args.threads:
-            env["GUNICORN_THREADS"] = str(args.threads)
         subprocess.run(
             roles.manage_argv("migrate", "--no-input", "-v", "0"), env=env, check=True, timeout=300
         )

@@ -1,6 +1,6 @@
 """Baselines for ``POST /api/jobs/``: the same request and response, minus the database or broker.
 
-Each view parses and validates the body like ``jobs.views.api_jobs`` and answers the same
+Each view parses and validates the body as ``jobs.api.submit`` does (``jobs.validation``) and answers the same
 202 JSON with a ``Location``; they differ only in what happens in between:
 
 * ``bare``: nothing (a fresh UUID stands in for the job id);
@@ -14,7 +14,6 @@ So ``enqueue - insert`` is the broker's share and ``insert - bare`` the database
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from django.http import HttpRequest, JsonResponse
@@ -24,13 +23,13 @@ from django.views.decorators.http import require_http_methods
 
 from jobs import services, tasks
 from jobs.models import Job, JobKind
-from jobs.validation import JobRequestError, parse_job_request
+from jobs.validation import BodyError, parse_job_request
 
 
 def _parse(request: HttpRequest) -> tuple[JobKind, dict] | JsonResponse:
     try:
-        return parse_job_request(json.loads(request.body or b""))
-    except (json.JSONDecodeError, UnicodeDecodeError, JobRequestError) as exc:
+        return parse_job_request(request.content_type or "", request.body)
+    except BodyError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
 
 

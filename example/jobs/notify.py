@@ -4,8 +4,8 @@ Workers publish a job's id on one channel when the job reaches a final state or 
 follow-up callback (:func:`job_changed`, after the row is committed).  Each web process keeps one
 subscription (:class:`JobEvents`) and wakes the long-polls waiting on that id, which then read
 the row again.  The database stays the truth: a lost message (a Redis restart, a reconnect)
-costs a long-poll at most :data:`RECHECK_LIVE` seconds, since waiters re-read the row that
-often anyway, and every second while the subscription is down or not configured.
+costs a long-poll at most ``JOBS_LONGPOLL_RECHECK`` seconds (5 by default), since waiters re-read
+the row that often anyway, and every second while the subscription is down or not configured.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 CHANNEL = "celery-fleet:jobs:changed"
-#: Seconds between safety re-reads of a waited-on job while notifications flow.
-RECHECK_LIVE = 5.0
-#: ... and while they do not (no Redis configured, or the subscription is reconnecting).
+#: Seconds between re-reads of a waited-on job while notifications do not flow (none configured,
+#: or the subscription is reconnecting).
 RECHECK_BLIND = 1.0
 #: Longest sleep of a waiter between looks at the shutdown flag.
 TICK = 0.5
@@ -74,7 +73,7 @@ class Watch:
 
     @property
     def recheck_interval(self) -> float:
-        return RECHECK_LIVE if self._events.live else RECHECK_BLIND
+        return float(settings.JOBS_LONGPOLL_RECHECK) if self._events.live else RECHECK_BLIND
 
 
 class JobEvents:

@@ -9,11 +9,13 @@ an async view: under the ASGI workers a waiting client costs a coroutine, woken 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -28,6 +30,7 @@ from jobs import notify
 from jobs.models import ExportFile, Job, JobKind, JobState, public_users
 from jobs.services import EnqueueError, submit_job
 from jobs.validation import (
+    MAX_BODY_BYTES,
     BodyError,
     JobRequest,
     JsonOnlyParser,
@@ -130,6 +133,13 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
             request, {"error": "the body must be JSON sent as Content-Type: application/json"}, status=415
         )
     return api.create_response(request, {"error": describe_errors(list(exc.errors))}, status=400)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    # Django refuses to read a body past DATA_UPLOAD_MAX_MEMORY_SIZE before the parser sees it.
+    message = f"the body is {request.META.get('CONTENT_LENGTH', 'too many')} bytes; a job request is at most {MAX_BODY_BYTES}"
+    return api.create_response(request, {"error": message}, status=400)
 
 
 @api.exception_handler(HttpError)
@@ -303,8 +313,8 @@ def openapi_yaml(request: HttpRequest) -> HttpResponse:
     plain text otherwise, so a browser shows it instead of downloading it."""
     import yaml
 
-    schema = api.get_openapi_schema()
-    text = yaml.safe_dump(dict(schema), sort_keys=False, allow_unicode=True)
+    schema = json.loads(json.dumps(api.get_openapi_schema()))  # what openapi.json says, keys and all
+    text = yaml.safe_dump(schema, sort_keys=False, allow_unicode=True)
     media_type = "application/yaml" if "application/yaml" in request.headers.get("Accept", "") else "text/plain"
     return HttpResponse(text, content_type=f"{media_type}; charset=utf-8")
 

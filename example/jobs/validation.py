@@ -57,6 +57,8 @@ def parse_json_body(content_type: str, body: bytes) -> Any:
         raise BodyError(f"the body is not UTF-8 text: {exc}") from exc
     try:
         return json.loads(text, parse_constant=_refuse_constant)
+    except BodyError:
+        raise
     except json.JSONDecodeError as exc:
         raise BodyError(f"the body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -69,12 +71,26 @@ class JsonOnlyParser(Parser):
     """django-ninja's body parser: JSON only, with the limits above (ninja turns errors into 400s)."""
 
     def parse_body(self, request: HttpRequest) -> Any:
-        return parse_json_body(request.content_type or "", request.body)
+        content_type = request.content_type or ""
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        if content_type == JSON_MEDIA_TYPE and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            # Said before reading it (Django would refuse past DATA_UPLOAD_MAX_MEMORY_SIZE anyway).
+            raise BodyError(f"the body is {declared} bytes; a job request is at most {MAX_BODY_BYTES}")
+        return parse_json_body(content_type, request.body)
 
 
 # --- Bounded numbers -------------------------------------------------------------------------
-_DIGITS = re.compile(r"[0-9]{1,12}")
-_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
+# A number in a query string is written as JSON writes one (ASCII only: int() would also take
+# "１２", "1_000" or " 12 "), at most 64 characters.
+_INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
+_NUMBER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def _number_from_text(text: str) -> int | float | None:
+    if len(text) > 64 or not _NUMBER_TEXT.fullmatch(text):
+        return None
+    return int(text) if _INTEGER_TEXT.fullmatch(text) else float(text)
+
 
 
 def bounded_check(
@@ -82,8 +98,9 @@ def bounded_check(
 ) -> Callable[[Any], int | float]:
     """A check that answers the one message for every way ``name`` can be wrong.
 
-    JSON Schema counts ``104.0`` as an integer, so a whole float is accepted as one; a string is
-    a number only in a query string (``from_text``), never in a JSON body.
+    JSON Schema counts ``104.0`` as an integer, so a whole float is accepted as one (``2.0`` and
+    ``2e0`` in a query string too); a string is a number only in a query string (``from_text``),
+    never in a JSON body.
     """
     what = "a whole number" if whole else "a number"
     span = f"from {low:g}" + (f" to {high:g}" if high < 10**6 else "")
@@ -92,8 +109,7 @@ def bounded_check(
     def check(value: Any) -> int | float:
         number = value
         if from_text and isinstance(value, str):
-            pattern = _DIGITS if whole else _DECIMAL
-            number = (int if whole else float)(value) if pattern.fullmatch(value) else None
+            number = _number_from_text(value)
         if isinstance(number, bool) or not isinstance(number, int | float):
             raise ValueError(f"{message}; got {_shown(value)}")
         if isinstance(number, float):
@@ -215,5 +231,7 @@ def describe_errors(errors: list[Any], body_param: str = "payload") -> str:
             message = str(error.get("msg", "is not valid"))
             sentences.append(f"{field or 'the body'}: {message[:1].lower()}{message[1:]}")
     for tag, fields in unknown.items():
-        sentences.append(f"unknown field(s) for {tag or 'this request'}: {', '.join(sorted(fields))}")
+        names = ", ".join(_shown(name)[1:-1] for name in sorted(fields)[:10])
+        more = f" and {len(fields) - 10} more" if len(fields) > 10 else ""
+        sentences.append(f"unknown field(s) for {tag or 'this request'}: {names}{more}")
     return "; ".join(sentences) or "the request is not valid"

@@ -13,16 +13,20 @@ from __future__ import annotations
 from celery import current_app
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
 from celery_fleet.health import check_broker, shutting_down
 
 
+# csrf_exempt: a probe takes GET and HEAD only, and any other method is a 405, never a CSRF 403.
+@csrf_exempt
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+@csrf_exempt
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     failures: dict[str, str] = {}

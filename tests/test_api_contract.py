@@ -9,6 +9,7 @@ accounts never show; and schemathesis, with all its checks, finds nothing the sp
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -64,7 +65,10 @@ def queued(redis_client: redis.Redis) -> int:
 
 
 def error_schema(spec: dict) -> dict:
-    return {**spec["components"]["schemas"]["Error"], "$schema": "https://json-schema.org/draft/2020-12/schema"}
+    return {
+        **spec["components"]["schemas"]["Error"],
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+    }
 
 
 # --- Bad bodies --------------------------------------------------------------------------------
@@ -111,11 +115,17 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("fail a string", json.dumps({"kind": "export_users", "fail": "yes"}).encode(), "true or false"),
     ("fail a number", json.dumps({"kind": "export_users", "fail": 1}).encode(), "true or false"),
     ("unknown field", json.dumps({"kind": "export_users", "total": 60}).encode(), "unknown field"),
-    ("many unknown fields", json.dumps({"kind": "export_users", **{f"f{i}": i for i in range(500)}}).encode(), "unknown field"),
+    (
+        "many unknown fields",
+        json.dumps({"kind": "export_users", **{f"f{i}": i for i in range(500)}}).encode(),
+        "unknown field",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "message"), [(b, m) for _, b, m in BAD_BODIES], ids=[d for d, _, _ in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("body", "message"), [(b, m) for _, b, m in BAD_BODIES], ids=[d for d, _, _ in BAD_BODIES]
+)
 def test_a_bad_body_is_a_400_with_a_message_and_queues_nothing(
     site: Fleet, url: str, spec: dict, redis_client: redis.Redis, body: bytes, message: str
 ) -> None:
@@ -132,8 +142,15 @@ def test_a_bad_body_is_a_400_with_a_message_and_queues_nothing(
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml",
-     "application/json-patch+json", "text/json"],
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/json-patch+json",
+        "text/json",
+    ],
 )
 def test_a_body_not_declared_json_is_a_415(
     site: Fleet, url: str, spec: dict, redis_client: redis.Redis, content_type: str | None
@@ -156,10 +173,15 @@ def test_a_cross_site_form_cannot_submit_a_job(site: Fleet, url: str, redis_clie
         # <form enctype="text/plain"> smuggling a JSON body: the classic trick.
         ("text/plain", b'{"kind": "export_users", "x": "="}'),
         ("application/x-www-form-urlencoded", b"kind=export_users"),
-        ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="kind"\r\n\r\nexport_users\r\n--b--'),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="kind"\r\n\r\nexport_users\r\n--b--',
+        ),
     ]
     for content_type, body in attempts:
-        response = httpx.post(f"{url}/api/jobs/", content=body, headers={**evil, "Content-Type": content_type}, timeout=10)
+        response = httpx.post(
+            f"{url}/api/jobs/", content=body, headers={**evil, "Content-Type": content_type}, timeout=10
+        )
         assert response.status_code == 415, (content_type, response.text)
     assert queued(redis_client) == 0
     # The page's own form keeps Django's CSRF protection: no token, no job.
@@ -206,7 +228,8 @@ def test_errors_are_json_with_the_error_schema(url: str, spec: dict) -> None:
         jsonschema.validate(response.json(), error_schema(spec))
         if status == 405:
             allowed = {m.strip() for m in response.headers["allow"].split(",")}
-            assert method not in allowed and allowed, (path, allowed)
+            assert allowed, path
+            assert method not in allowed, (path, allowed)
 
 
 def _get_paths(spec: dict) -> list[str]:
@@ -220,8 +243,18 @@ def _get_paths(spec: dict) -> list[str]:
     return paths
 
 
-PAGES = ["/", "/users/", "/users/?page=2", "/users/?page=0", "/api/docs/", "/api/openapi.json", "/api/openapi.yaml",
-         "/static/jobs/site.css", "/static/ninja/redoc.standalone.js", "/jobs/00000000-0000-0000-0000-000000000000/"]
+PAGES = [
+    "/",
+    "/users/",
+    "/users/?page=2",
+    "/users/?page=0",
+    "/api/docs/",
+    "/api/openapi.json",
+    "/api/openapi.yaml",
+    "/static/jobs/site.css",
+    "/static/ninja/redoc.standalone.js",
+    "/jobs/00000000-0000-0000-0000-000000000000/",
+]
 
 
 def test_head_is_answered_wherever_get_is(url: str, spec: dict) -> None:
@@ -262,14 +295,36 @@ def test_schemathesis_with_all_checks_finds_nothing(site: Fleet, url: str, tmp_p
     site.start_worker(name="contract-worker", extra_env={"JOBS_STEP_DELAY": "0"})
     st = Path(sys.executable).with_name("st")
     run = subprocess.run(
-        [str(st), "run", f"{url}/api/openapi.json", "--checks", "all", "--max-examples", "60",
-         "--workers", "2", "--request-timeout", "30", "--seed", "20261201", "--no-color"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
+        [
+            str(st),
+            "run",
+            f"{url}/api/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "60",
+            # One worker: schemathesis's own generator is not thread-safe on Python 3.11 (SystemError).
+            "--workers",
+            "1",
+            "--request-timeout",
+            "30",
+            "--seed",
+            "20261201",
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
-    summary = run.stdout[run.stdout.rfind("SUMMARY"):]
+    summary = run.stdout[run.stdout.rfind("SUMMARY") :]
     print(summary)
     assert run.returncode == 0, run.stdout[-6000:]
-    assert "generated" in summary and " 0 " not in summary.split("generated")[0][-12:]
+    counts = re.search(r"(\d+) generated, (\d+) passed", summary)
+    assert counts, summary
+    assert int(counts[1]) >= 300, summary
+    assert counts[1] == counts[2], summary
 
 
 # --- Staff accounts ------------------------------------------------------------------------
@@ -287,17 +342,23 @@ def test_staff_accounts_are_never_listed_nor_exported(site: Fleet, url: str) -> 
     assert not names & {"root-admin", "staff-only"}
     assert listed["count"] == len(listed["results"])
     page = httpx.get(f"{url}/users/", timeout=10).text
-    assert "plain-person" in page and "root-admin" not in page and "staff@example.org" not in page
+    assert "plain-person" in page
+    assert "root-admin" not in page
+    assert "staff@example.org" not in page
 
     site.start_worker(name="export-worker", extra_env={"JOBS_STEP_DELAY": "0"})
     job = httpx.post(f"{url}/api/jobs/", json={"kind": "export_users"}, timeout=10).json()
     done = wait_until(
-        lambda: (j := httpx.get(f"{job['url']}?wait=10", timeout=20).json())["state"] in ("SUCCESS", "FAILURE") and j,
+        lambda: (
+            (j := httpx.get(f"{job['url']}?wait=10", timeout=20).json())["state"] in ("SUCCESS", "FAILURE")
+            and j
+        ),
         timeout=90,
         what="the export",
     )
     assert done["state"] == "SUCCESS", done
     csv_text = httpx.get(done["download_url"], timeout=10).text
     assert "plain-person" in csv_text
-    assert "root-admin" not in csv_text and "staff@example.org" not in csv_text
+    assert "root-admin" not in csv_text
+    assert "staff@example.org" not in csv_text
     assert done["download_bytes"] == len(csv_text.encode())

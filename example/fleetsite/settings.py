@@ -154,7 +154,9 @@ _notify_url = env.str("JOBS_NOTIFY_REDIS_URL", "")
 if _notify_url == "off":
     JOBS_NOTIFY_REDIS_URL = ""
 else:
-    JOBS_NOTIFY_REDIS_URL = _notify_url or (CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "")
+    JOBS_NOTIFY_REDIS_URL = _notify_url or (
+        CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else ""
+    )
 # Seconds between a long-poll's safety re-reads of its job while notifications flow (a lost
 # message costs at most this); without notifications it re-reads every second.
 JOBS_LONGPOLL_RECHECK = env.float("JOBS_LONGPOLL_RECHECK", 5.0, minimum=0.1)

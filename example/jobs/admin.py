@@ -16,6 +16,10 @@ from django.http import HttpRequest
 
 from jobs.models import ExportFile, Job, WorkRun
 
+admin.site.site_header = "celery-fleet administration"
+admin.site.site_title = "celery-fleet admin"
+admin.site.index_title = "Jobs, users and what the workers recorded"
+
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Look, filter and delete; never add or change by hand."""

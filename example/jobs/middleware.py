@@ -84,6 +84,3 @@ def api_http_rules(get_response: Handler) -> Handler:
         return _finish(request, get_response(request), head)
 
     return sync_middleware
-
-
-

@@ -50,7 +50,9 @@ def job_changed(job_id: UUID | str) -> None:
     try:
         _publisher_client(url).publish(CHANNEL, str(job_id))
     except redis.RedisError as exc:
-        logger.warning("could not announce job %s on Redis (long-polls will see it on re-read): %s", job_id, exc)
+        logger.warning(
+            "could not announce job %s on Redis (long-polls will see it on re-read): %s", job_id, exc
+        )
 
 
 class Watch:
@@ -111,7 +113,9 @@ class JobEvents:
 
     async def _listen(self) -> None:
         while True:
-            client = redis.asyncio.Redis.from_url(self._url, socket_connect_timeout=3, health_check_interval=30)
+            client = redis.asyncio.Redis.from_url(
+                self._url, socket_connect_timeout=3, health_check_interval=30
+            )
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANNEL)
@@ -122,7 +126,9 @@ class JobEvents:
                         if message.get("type") == "message":
                             self._wake(message["data"].decode("ascii", "replace"))
             except (redis.RedisError, OSError) as exc:
-                logger.warning("job notifications lost (%s); long-polls re-read every %gs", exc, RECHECK_BLIND)
+                logger.warning(
+                    "job notifications lost (%s); long-polls re-read every %gs", exc, RECHECK_BLIND
+                )
             finally:
                 self._subscribed.clear()
                 with contextlib.suppress(Exception):

@@ -48,7 +48,9 @@ def parse_json_body(content_type: str, body: bytes) -> Any:
     """The JSON value of a request body, or :class:`BodyError` with a message for the client."""
     if content_type != JSON_MEDIA_TYPE:
         shown = content_type or "none"
-        raise UnsupportedMediaType(f"the body must be JSON sent as Content-Type: {JSON_MEDIA_TYPE}; got {shown}")
+        raise UnsupportedMediaType(
+            f"the body must be JSON sent as Content-Type: {JSON_MEDIA_TYPE}; got {shown}"
+        )
     if len(body) > MAX_BODY_BYTES:
         raise BodyError(f"the body is {len(body)} bytes; a job request is at most {MAX_BODY_BYTES}")
     try:
@@ -80,8 +82,8 @@ class JsonOnlyParser(Parser):
 
 
 # --- Bounded numbers -------------------------------------------------------------------------
-# A number in a query string is written as JSON writes one (ASCII only: int() would also take
-# "１２", "1_000" or " 12 "), at most 64 characters.
+# A number in a query string is written as JSON writes one (ASCII digits only: int() would also
+# take full-width or other Unicode digits, "1_000" or " 12 "), at most 64 characters.
 _INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
 _NUMBER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
@@ -90,7 +92,6 @@ def _number_from_text(text: str) -> int | float | None:
     if len(text) > 64 or not _NUMBER_TEXT.fullmatch(text):
         return None
     return int(text) if _INTEGER_TEXT.fullmatch(text) else float(text)
-
 
 
 def bounded_check(
@@ -118,7 +119,8 @@ def bounded_check(
             number = int(number) if whole else number
         if not low <= number <= high:
             raise ValueError(f"{message}; got {_shown(value)}")
-        return number
+        checked: int | float = number
+        return checked
 
     return check
 
@@ -206,10 +208,8 @@ def describe_errors(errors: list[Any], body_param: str = "payload") -> str:
             if source == "body" and loc[:1] == [body_param]:
                 loc.pop(0)
         kind = error.get("type", "")
-        if loc and loc[0] in JobKind.values and kind != "union_tag_invalid":
-            tag = loc.pop(0)  # the discriminated union's branch
-        else:
-            tag = ""
+        # The discriminated union names its branch first in the location.
+        tag = loc.pop(0) if loc and loc[0] in JobKind.values and kind != "union_tag_invalid" else ""
         field = ".".join(loc)
         if kind == "extra_forbidden":
             unknown.setdefault(tag, []).append(field)
@@ -218,13 +218,14 @@ def describe_errors(errors: list[Any], body_param: str = "payload") -> str:
         elif kind == "union_tag_invalid":
             sentences.append(f"kind must be one of {_KINDS}; got {_shown(error.get('ctx', {}).get('tag'))}")
         elif kind in {"model_attributes_type", "dict_type", "model_type"} and not field:
-            sentences.append("the body must be a JSON object, such as {\"kind\": \"export_users\"}")
+            sentences.append('the body must be a JSON object, such as {"kind": "export_users"}')
         elif kind == "missing" and not field:
-            sentences.append(f"the body is empty: send a JSON object such as {{\"kind\": \"{JobKind.EXPORT_USERS}\"}}")
-        elif kind == "missing" and field == "total":
             sentences.append(
-                f"total is required: a whole number from {settings.JOBS_USERS_MIN} to {settings.JOBS_USERS_MAX}"
+                f'the body is empty: send a JSON object such as {{"kind": "{JobKind.EXPORT_USERS}"}}'
             )
+        elif kind == "missing" and field == "total":
+            low, high = settings.JOBS_USERS_MIN, settings.JOBS_USERS_MAX
+            sentences.append(f"total is required: a whole number from {low} to {high}")
         elif kind == "value_error":
             sentences.append(str(error.get("msg", "")).removeprefix("Value error, "))
         else:

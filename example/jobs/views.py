@@ -116,7 +116,9 @@ def user_list(request: HttpRequest) -> HttpResponse:
     try:
         number = int(_page_number(request.GET.get("page", "1")))
     except ValueError:
-        return _users_error(request, 400, f"The page number must be a whole number from 1; got {request.GET['page'][:40]!r}.")
+        return _users_error(
+            request, 400, f"The page number must be a whole number from 1; got {request.GET['page'][:40]!r}."
+        )
     last = max(paginator.num_pages, 1)
     if number > last:
         return _users_error(request, 404, f"There is no page {number}: the last page is {last}.")

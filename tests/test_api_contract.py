@@ -290,43 +290,6 @@ def test_the_spec_is_valid_and_viewable_as_json_and_yaml(url: str, spec: dict) -
     assert asked.headers["content-type"].startswith("application/yaml")
 
 
-def test_schemathesis_with_all_checks_finds_nothing(site: Fleet, url: str, tmp_path: Path) -> None:
-    # A worker, so the jobs schemathesis submits finish and its long-polls answer early.
-    site.start_worker(name="contract-worker", extra_env={"JOBS_STEP_DELAY": "0"})
-    st = Path(sys.executable).with_name("st")
-    run = subprocess.run(
-        [
-            str(st),
-            "run",
-            f"{url}/api/openapi.json",
-            "--checks",
-            "all",
-            "--max-examples",
-            "60",
-            # One worker: schemathesis's own generator is not thread-safe on Python 3.11 (SystemError).
-            "--workers",
-            "1",
-            "--request-timeout",
-            "30",
-            "--seed",
-            "20261201",
-            "--no-color",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    summary = run.stdout[run.stdout.rfind("SUMMARY") :]
-    print(summary)
-    assert run.returncode == 0, run.stdout[-6000:]
-    counts = re.search(r"(\d+) generated, (\d+) passed", summary)
-    assert counts, summary
-    assert int(counts[1]) >= 300, summary
-    assert counts[1] == counts[2], summary
-
-
 # --- Staff accounts ------------------------------------------------------------------------
 def test_staff_accounts_are_never_listed_nor_exported(site: Fleet, url: str) -> None:
     script = (
@@ -362,3 +325,41 @@ def test_staff_accounts_are_never_listed_nor_exported(site: Fleet, url: str) -> 
     assert "root-admin" not in csv_text
     assert "staff@example.org" not in csv_text
     assert done["download_bytes"] == len(csv_text.encode())
+
+
+# Last in the module: it fills the shared site with jobs and users.
+def test_schemathesis_with_all_checks_finds_nothing(site: Fleet, url: str, tmp_path: Path) -> None:
+    # A worker, so the jobs schemathesis submits finish and its long-polls answer early.
+    site.start_worker(name="contract-worker", extra_env={"JOBS_STEP_DELAY": "0"})
+    st = Path(sys.executable).with_name("st")
+    run = subprocess.run(
+        [
+            str(st),
+            "run",
+            f"{url}/api/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "60",
+            # One worker: schemathesis's own generator is not thread-safe on Python 3.11 (SystemError).
+            "--workers",
+            "1",
+            "--request-timeout",
+            "30",
+            "--seed",
+            "20261201",
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    summary = run.stdout[run.stdout.rfind("SUMMARY") :]
+    print(summary)
+    assert run.returncode == 0, run.stdout[-6000:]
+    counts = re.search(r"(\d+) generated, (\d+) passed", summary)
+    assert counts, summary
+    assert int(counts[1]) >= 300, summary
+    assert counts[1] == counts[2], summary

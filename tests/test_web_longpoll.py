@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-import psutil
 import pytest
 import redis
 
 from celery_fleet.local.waiting import wait_until
-from tests.support.fleet import Fleet
+from tests.support.fleet import Fleet, accepted_connections
 
 LONG_POLLS = 200
 WAIT = 25
@@ -76,17 +75,6 @@ def long_polls(url: str, path: str, count: int) -> Iterator[RawLongPolls]:
         yield polls
     finally:
         polls.close()
-
-
-def accepted_connections(web_pid: int, port: int) -> int:
-    total = 0
-    for child in psutil.Process(web_pid).children(recursive=True):
-        total += sum(
-            1
-            for c in child.net_connections(kind="tcp")
-            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
-        )
-    return total
 
 
 def timed_get(url: str) -> float:

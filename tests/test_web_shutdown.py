@@ -6,25 +6,12 @@ import signal
 import threading
 
 import httpx
-import psutil
 
 from celery_fleet.local.waiting import wait_until
-from tests.support.fleet import Fleet
+from tests.support.fleet import Fleet, accepted_connections
 
 IN_FLIGHT = 6
 LONG_POLL_SECONDS = 3
-
-
-def established_connections(pid: int, port: int) -> int:
-    """Connections that gunicorn's worker processes have accepted (not just queued by the kernel)."""
-    total = 0
-    for child in psutil.Process(pid).children(recursive=True):
-        total += sum(
-            1
-            for c in child.net_connections(kind="tcp")
-            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
-        )
-    return total
 
 
 def test_in_flight_requests_complete_after_sigterm(fleet: Fleet) -> None:
@@ -50,7 +37,7 @@ def test_in_flight_requests_complete_after_sigterm(fleet: Fleet) -> None:
     for thread in threads:
         thread.start()
     wait_until(
-        lambda: established_connections(web.pid, port) >= IN_FLIGHT, timeout=10, what="all requests accepted"
+        lambda: accepted_connections(web.pid, port) >= IN_FLIGHT, timeout=10, what="all requests accepted"
     )
     web.send(signal.SIGTERM)
     for thread in threads:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from celery_fleet import roles
 from celery_fleet.lifecycle import READY_FILE
@@ -113,6 +114,18 @@ class Fleet:
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8") if self.log_path.exists() else ""
+
+
+def accepted_connections(pid: int, port: int) -> int:
+    """Connections the worker processes of server ``pid`` have accepted (not just queued by the kernel)."""
+    total = 0
+    for child in psutil.Process(pid).children(recursive=True):
+        total += sum(
+            1
+            for c in child.net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+        )
+    return total
 
 
 def _raise_if_dead(process: ManagedProcess) -> bool:

@@ -139,9 +139,12 @@ class CountingControl:
 def test_group_metrics_sum_the_queues_of_a_group() -> None:
     from celery_fleet.autoscale.local import group_metrics
 
-    stats = {"a": Stats(3, 1, 4.0), "b": Stats(2, 2, None), "c": Stats(9, 9, 99.0)}
+    stats = {"a": Stats(3, 1, 4.0), "b": Stats(0, 2, None), "c": Stats(9, 9, 99.0), "d": Stats(2, 0, None)}
     m = group_metrics(stats, ("a", "b", "missing"))
-    assert (m.waiting, m.held, m.oldest_age_seconds, m.backlog) == (5, 3, 4.0, 8)
+    assert (m.waiting, m.held, m.oldest_age_seconds, m.backlog) == (3, 3, 4.0, 6)
+    # Messages wait but the oldest carries no publish stamp: the age cannot be read (not 0 s).
+    unstamped = group_metrics(stats, ("a", "d"))
+    assert (unstamped.waiting, unstamped.oldest_age_seconds) == (5, None)
 
 
 def test_step_scales_each_group_and_logs_changes_once() -> None:
@@ -159,17 +162,22 @@ def test_step_scales_each_group_and_logs_changes_once() -> None:
     )
     decisions = scaler.step()
     assert decisions["default"].desired == 4  # ceil(10 / 2) = 5, max 4
-    assert decisions["exports"].desired == 1  # fresh history: nothing to stabilize against
-    assert control.calls == [("up", "default", 3), ("down", "exports", 1)]
+    # A fresh autoscaler records the current count first (as a new HPA does): the 30 s
+    # scale-down window holds the idle group at 2 instead of dropping it at once.
+    assert decisions["exports"].desired == 2
+    assert control.calls == [("up", "default", 3)]
     assert len(lines) == 2
     assert lines[0].startswith("autoscale group=default current=1 desired=4 backlog=10")
     now[0] = 5.0
     stats["default"] = Stats(0, 8, 0.0)
-    scaler.step()  # new inputs: one line per group
-    assert len(lines) == 4
+    scaler.step()  # new inputs for default: one line; exports unchanged: quiet
+    assert len(lines) == 3
     assert "group=default current=4 desired=4 backlog=8" in lines[2]
     scaler.step()  # the same again, nothing changes: quiet
-    assert len(lines) == 4
+    assert len(lines) == 3
+    now[0] = 31.0
+    assert scaler.step()["exports"].desired == 1  # the first recommendation left the window
+    assert control.calls[-1] == ("down", "exports", 1)
     assert control.counts == {"default": 4, "exports": 1}
 
 

@@ -78,16 +78,22 @@ class GroupTarget:
 
 
 def group_metrics(stats: Mapping[str, QueueStatsLike], queues: Sequence[str]) -> QueueMetrics:
-    """Sum a group's queues: waiting and held add up, the oldest age is the largest."""
+    """Sum a group's queues: waiting and held add up, the oldest age is the largest.  A queue
+    with waiting messages but no age (its oldest message carries no publish stamp) makes the
+    age unreadable (None), which the policy treats as a missing metric, not as 0 s."""
     waiting = held = 0
-    oldest = 0.0
+    oldest: float | None = 0.0
     for queue in queues:
         s = stats.get(queue)
         if s is None:
             continue
         waiting += s.waiting
         held += s.held
-        oldest = max(oldest, s.oldest_age_seconds or 0.0)
+        if s.oldest_age_seconds is None:
+            if s.waiting > 0:
+                oldest = None
+        elif oldest is not None:
+            oldest = max(oldest, s.oldest_age_seconds)
     return QueueMetrics(waiting=waiting, held=held, oldest_age_seconds=oldest)
 
 

@@ -115,10 +115,9 @@ def plot_timelines(
         ax.tick_params(labelbottom=False)
     backlog_ax.legend(loc="upper right", fontsize=9)
 
+    right = grid[:, 1].subgridspec(max(len(totals), 1), 1, hspace=0.5)  # equal shares on the right
     for i, panel in enumerate(totals):
-        # Each bar panel takes an equal share of the rows on the right.
-        top, bottom = i * rows // len(totals), (i + 1) * rows // len(totals)
-        ax = fig.add_subplot(grid[top:bottom, 1])
+        ax = fig.add_subplot(right[i, 0])
         labels = [tl.label for tl in timelines if tl.label in panel.values]
         values = [panel.values[label] for label in labels]
         bars = ax.barh(labels, values, color=[style[label][0] for label in labels])

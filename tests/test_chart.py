@@ -1151,3 +1151,20 @@ def test_values_yaml_documents_every_key() -> None:
     documented = {m.group(1) for m in re.finditer(r"^([A-Za-z]\w*):", "\n".join(lines), re.M)}
     schema = __import__("json").loads((h.CHART / "values.schema.json").read_text())
     assert documented <= set(schema["properties"]), "a values key the schema does not know"
+
+
+def test_every_worker_group_key_has_its_default_in_worker_defaults() -> None:
+    """A group may set exactly the keys workerDefaults holds (plus name, queues, timings), and each of
+    them has a value there: no template default fills in a missing one."""
+    import json
+
+    schema = json.loads((h.CHART / "values.schema.json").read_text())
+    settings = schema["definitions"]["workerSettings"]["properties"]
+    group_keys = set(schema["properties"]["workers"]["items"]["properties"])
+    assert group_keys == set(settings) | {"name", "queues", "timings"}
+    assert set(schema["properties"]["workerDefaults"]["properties"]) == set(settings)
+    defaults = yaml.safe_load((h.CHART / "values.yaml").read_text())["workerDefaults"]
+    assert set(defaults) == set(settings)
+    assert set(defaults["autoscaling"]) == set(settings["autoscaling"]["properties"])
+    templates = "".join(p.read_text() for p in (h.CHART / "templates").rglob("*") if p.is_file())
+    assert "groupDefaults" not in templates

@@ -290,3 +290,38 @@ def _refused(connect: Any, password: str) -> bool:
     except psycopg.OperationalError as exc:
         return "password authentication failed" in str(exc)
     return False
+
+
+def test_the_exporter_runs_on_just_the_environment_the_chart_gives_it(redis_server: Any) -> None:
+    """The exporter gets the broker URL and no SECRET_KEY or DATABASE_URL: that is enough to serve."""
+    import httpx
+
+    docs = h.render()
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-exporter")
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    environ = h.container_environment(docs, container)
+    assert not {"SECRET_KEY", "DATABASE_URL"} & set(environ)
+    environ["CELERY_BROKER_URL"] = redis_server.url  # the rendered one names the cluster's broker
+    port = free_port()
+    argv = list(container["command"])
+    assert argv[:2] == ["celery-fleet", "exporter"]
+    argv[argv.index("--port") + 1] = str(port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery_fleet.cli", *argv[1:], "--host", "127.0.0.1"],
+        env={"PATH": os.environ["PATH"], "HOME": "/tmp", **environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        metrics = wait_until(
+            lambda: process.poll() is None and httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text,
+            timeout=60,
+            what="the exporter's /metrics",
+        )
+        for queue in ("default", "periodic", "exports"):
+            assert f'celery_queue_length{{queue_name="{queue}"}} 0.0' in metrics
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from celery_fleet.local.processes import LineSink
+from celery_fleet.local.processes import LineSink, RestartBackoff
 from celery_fleet.local.waiting import wait_until
 from celery_fleet.local.workers import WorkerGroup, WorkerGroupSpec
 
@@ -49,6 +49,9 @@ def group(tmp_path: Path, lines: list[tuple[str, str]]) -> StandInGroup:
         sink=sink,
         grace_period=10.0,
         celery_app="unused",
+        # Crashes here come right after a start, and are replaced at once all the same: this test
+        # is about the bookkeeping (the delay: the test below, and tests/test_up.py on a real fleet).
+        restart_backoff=RestartBackoff(quick_exit_seconds=0.0),
     )
 
 
@@ -102,3 +105,11 @@ def test_scaling_while_the_supervision_loop_runs_never_makes_an_extra_worker(tmp
     said = [line for name, line in lines if name == "celery-fleet"]
     assert sum("was killed by SIGKILL; starting a replacement" in line for line in said) == kills
     assert any(line.endswith("s drain") and "stopped after a" in line for line in said)
+
+
+def test_restart_backoff_grows_while_a_process_keeps_dying_young_and_resets_after_a_long_run() -> None:
+    backoff = RestartBackoff(quick_exit_seconds=10.0)
+    assert [backoff.delay_after(ran) for ran in (0.5, 1.0, 2.0, 0.1)] == [1.0, 2.0, 4.0, 8.0]
+    assert backoff.delay_after(60.0) == 0.0  # it ran a while: this death is news, restart at once
+    assert backoff.delay_after(0.2) == 1.0
+    assert [backoff.delay_after(0.0) for _ in range(8)][-1] == 30.0  # capped

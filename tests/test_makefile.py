@@ -44,6 +44,8 @@ def test_make_up_installs_the_runtime_only() -> None:
     assert "redis-server" in plan
     for test_only in ("postgresql", "prometheus", "chromium", "rabbitmq-server", "docker.io"):
         assert test_only not in plan
+    assert 'CELERY_FLEET_SUPERUSER_HINT="make superuser"' in plan  # the hint `up` prints names it
+    assert "celery-fleet manage createsuperuser" in make("-n", "-B", "superuser", "VENV=/nonexistent-venv")
     full = make("-n", "-B", "test", "VENV=/nonexistent-venv")
     assert "'.[dev]'" in full
     assert "postgresql" in full

@@ -327,29 +327,55 @@ def test_up_restarts_a_killed_redis_server_and_queued_work_survives(tmp_path: Pa
         assert fleet.wait(60) == 0, log.read_text()[-3000:]
 
 
-def test_up_replaces_a_crashed_worker(tmp_path: Path) -> None:
-    port, redis_port = free_port(), free_port()
+def test_up_replaces_a_crashed_worker_and_restarts_a_crashing_service_with_a_growing_delay(
+    tmp_path: Path,
+) -> None:
+    port, redis_port, exporter_port = free_port(), free_port(), free_port()
     log = tmp_path / "up.log"
-    options = ["--workers", "1", "--no-autoscale", "--no-beat", "--exporter-port", "0", *TIMINGS]
-    fleet = start_in_own_group(up_argv(tmp_path / "data", port, redis_port, *options), log, up_env())
+    options = ["--workers", "1", "--no-autoscale", "--no-beat", "--exporter-port", str(exporter_port)]
+    fleet = start_in_own_group(
+        up_argv(tmp_path / "data", port, redis_port, *options, *TIMINGS), log, up_env()
+    )
     try:
         ready(f"http://127.0.0.1:{port}", log)
 
-        def workers() -> list[psutil.Process]:
-            return [
-                p
-                for p in psutil.Process(fleet.pid).children()
-                if "worker" in p.cmdline() and "default-" in " ".join(p.cmdline())
-            ]
+        def children(word: str) -> list[psutil.Process]:
+            return [p for p in psutil.Process(fleet.pid).children() if word in " ".join(p.cmdline())]
 
-        victim = wait_until(lambda: workers(), timeout=30, what="the default worker")[0]
+        victim = wait_until(lambda: children("default-"), timeout=30, what="the default worker")[0]
         victim.kill()
         replacement = wait_until(
-            lambda: [p for p in workers() if p.pid != victim.pid], timeout=30, what="a replacement worker"
+            lambda: [p for p in children("default-") if p.pid != victim.pid],
+            timeout=30,
+            what="a replacement worker",
         )
         assert len(replacement) == 1
-        assert "worker default-1 was killed by SIGKILL; starting a replacement" in log.read_text()
+        assert re.search(
+            r"worker default-1 was killed by SIGKILL; starting a replacement( in 1 s)?\n", log.read_text()
+        )
         assert "worker default-2 started" in log.read_text()
+
+        # A service that dies again and again right after its start comes back ever more slowly.
+        for kill in range(3):
+            exporter = wait_until(lambda: children(" exporter "), timeout=60, what="the exporter")[0]
+            exporter.kill()
+            wait_until(
+                lambda n=kill: log.read_text().count("exporter was killed by SIGKILL after") == n + 1,
+                timeout=60,
+                what="the fleet to notice",
+            )
+        delays = [
+            int(d)
+            for d in re.findall(
+                r"exporter was killed by SIGKILL after \d+ s; restarting in (\d+) s", log.read_text()
+            )
+        ]
+        assert delays[-2:] in ([1, 2], [2, 4]), delays  # the first kill may come 10 s after its start
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=2).status_code == 200,
+            timeout=60,
+            what="the exporter back",
+        )
     finally:
         ctrl_c(fleet)
         assert fleet.wait(60) == 0

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery_fleet import roles
-from celery_fleet.local.processes import FLEET, LineSink, ManagedProcess, console_sink, describe_exit
+from celery_fleet.local.processes import (
+    FLEET,
+    LineSink,
+    ManagedProcess,
+    RestartBackoff,
+    console_sink,
+    describe_exit,
+)
 from celery_fleet.local.redis_server import RedisServer
 from celery_fleet.local.waiting import Timeout, bind_error, port_open, wait_until
 from celery_fleet.local.workers import WorkerGroup, WorkerGroupSpec, default_groups
@@ -48,10 +55,6 @@ CELERY_CHATTER = ("worker: Hitting Ctrl+C again", "worker: Cold shutdown", "work
 #: Lines of redis-server's own log kept to show when it dies (printed as they come with ``--verbose``).
 REDIS_LOG_TAIL = 20
 
-#: A service that exits sooner than this after its start is restarted after a growing
-#: delay (1, 2, 4 ... 30 s): a web tier that cannot bind must not restart in a tight loop.
-QUICK_EXIT_SECONDS = 10.0
-RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 #: Seconds the web tier gets to listen after its start.
 WEB_START_TIMEOUT = 90.0
 
@@ -89,14 +92,6 @@ class FleetConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class _Restart:
-    """A service that died: when it starts again, and how many quick exits came before."""
-
-    due: float
-    quick_exits: int
-
-
 class LocalFleet:
     """The fleet, and the :class:`~celery_fleet.autoscale.local.ScalableFleet` its autoscaler scales."""
 
@@ -114,8 +109,9 @@ class LocalFleet:
         self.stop_requested = threading.Event()
         self._autoscaler_stop = threading.Event()
         self._autoscaler_thread: threading.Thread | None = None
-        self._restarts: dict[str, _Restart] = {}
-        self._quick_exits: dict[str, int] = {}
+        #: Per service: its backoff, and when a dead one starts again.
+        self._backoff: dict[str, RestartBackoff] = {}
+        self._restart_at: dict[str, float] = {}
         self._redis_retry_at: float | None = None
         self._scaled: set[str] = set()
 
@@ -185,6 +181,8 @@ class LocalFleet:
 
     def start(self) -> None:
         config = self.config
+        if self.stop_requested.is_set():  # Ctrl-C while `up` looked at the project
+            return
         self.check_ports()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         (config.data_dir / "static").mkdir(exist_ok=True)  # whitenoise serves from the app folders
@@ -309,24 +307,18 @@ class LocalFleet:
         for process in list(self.services):
             code = process.returncode()
             if code is None:
-                if now - process.started_at > QUICK_EXIT_SECONDS:
-                    self._quick_exits.pop(process.name, None)
                 continue
-            restart = self._restarts.get(process.name)
-            if restart is None:
+            name = process.name
+            if name not in self._restart_at:
                 ran = now - process.started_at
-                quick = self._quick_exits.get(process.name, 0) + 1 if ran < QUICK_EXIT_SECONDS else 0
-                delay = RESTART_DELAYS[min(quick, len(RESTART_DELAYS)) - 1] if quick else 0.0
-                self._say(
-                    f"{process.name} {describe_exit(code)} after {ran:.0f} s; restarting"
-                    + (f" in {delay:.0f} s" if delay else "")
-                )
-                restart = self._restarts[process.name] = _Restart(now + delay, quick)
-            if now >= restart.due:
-                del self._restarts[process.name]
-                self._quick_exits[process.name] = restart.quick_exits
+                delay = self._backoff.setdefault(name, RestartBackoff()).delay_after(ran)
+                self._restart_at[name] = now + delay
+                later = f" in {delay:.0f} s" if delay else ""
+                self._say(f"{name} {describe_exit(code)} after {ran:.0f} s; restarting{later}")
+            if now >= self._restart_at[name]:
+                del self._restart_at[name]
                 self.services.remove(process)
-                self._service(process.name, process.argv, process.env)
+                self._service(name, process.argv, process.env)
 
     def _check_redis(self) -> None:
         """A dead redis-server comes back on the same port and append-only file, like a worker."""

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -43,6 +44,22 @@ def console_sink(stream: IO[str] | None = None, colour: bool | None = None) -> L
             out.flush()
 
     return sink
+
+
+@dataclass
+class RestartBackoff:
+    """When to start again what died on its own: at once after a long run; after a growing delay
+    (1, 2, 4 ... 30 s) while it keeps dying soon after its start, so that a web tier that cannot
+    bind or a worker whose project does not import does not restart in a tight loop."""
+
+    quick_exit_seconds: float = 10.0
+    delays: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+    quick_exits: int = 0
+
+    def delay_after(self, ran: float) -> float:
+        """Seconds to wait before the next start, for a process that ran ``ran`` seconds."""
+        self.quick_exits = self.quick_exits + 1 if ran < self.quick_exit_seconds else 0
+        return self.delays[min(self.quick_exits, len(self.delays)) - 1] if self.quick_exits else 0.0
 
 
 def describe_exit(code: int | None) -> str:

@@ -92,7 +92,8 @@ def _queue_list(value: str | None) -> tuple[str, ...] | None:
     default=2,
     show_default=True,
     type=click.IntRange(0, 64),
-    help="Starting workers for the user-jobs queue (exports and periodic start with one each).",
+    help="Workers the first queue (user jobs) starts with; the other queues start with one each. "
+    "With --autoscale this is the starting point: the autoscaler takes over (and says so).",
 )
 @click.option(
     "--max-workers",
@@ -259,8 +260,6 @@ def up(
         config.secret_key = secret_key(data_dir)
         if not config.queues:
             config.queues = _declared_queues(project, fleet.env())
-        if fleet.stop_requested.is_set():
-            return
         try:
             fleet.start()
             if not fleet.stop_requested.is_set():

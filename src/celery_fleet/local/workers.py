@@ -15,13 +15,14 @@ from __future__ import annotations
 import itertools
 import signal
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from celery_fleet import roles
 from celery_fleet.lifecycle import READY_FILE, worker_load
-from celery_fleet.local.processes import FLEET, LineSink, ManagedProcess, describe_exit
+from celery_fleet.local.processes import FLEET, LineSink, ManagedProcess, RestartBackoff, describe_exit
 
 
 @dataclass
@@ -72,6 +73,9 @@ class WorkerGroup:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     #: Held while membership changes (start, pick for removal, replace): see the module doc.
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    #: Workers that die soon after their start (a project that does not import) come back slowly.
+    restart_backoff: RestartBackoff = field(default_factory=RestartBackoff)
+    _replace_at: float = 0.0
 
     def replicas(self) -> int:
         """Workers that count: running or starting, not draining, not dead."""
@@ -86,13 +90,17 @@ class WorkerGroup:
     def replace_crashed(self) -> list[LocalWorker]:
         """Start workers for any that died on their own (crash, OOM), back up to ``target``."""
         with self._lock:
+            now = time.monotonic()
             # Workers being stopped are in ``draining``: whatever died here, died unasked.
             for dead in [w for w in self.workers if not w.process.alive()]:
                 self.workers.remove(dead)
+                delay = self.restart_backoff.delay_after(now - dead.process.started_at)
+                self._replace_at = max(self._replace_at, now + delay)
                 code = describe_exit(dead.process.returncode())
-                self._say(f"worker {dead.name} {code}; starting a replacement")
+                later = f" in {delay:.0f} s" if delay else ""
+                self._say(f"worker {dead.name} {code}; starting a replacement{later}")
             missing = self.target - len(self.workers)
-            return self._start(missing) if missing > 0 else []
+            return self._start(missing) if missing > 0 and now >= self._replace_at else []
 
     def worker_argv(self, name: str) -> list[str]:
         return roles.worker_argv(

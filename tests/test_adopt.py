@@ -154,7 +154,8 @@ def test_a_generated_project_runs_on_celery_fleet_up(tmp_path: Path) -> None:
             "status": "ok",
             "checks": ["database", "broker"],
         }
-        assert f"workers:   {QUEUE}=1" in log.read_text()
+        # `up` prints where everything is once the web answers: poll for it, it may come a moment later.
+        wait_until(lambda: f"workers:   {QUEUE}=1" in log.read_text(), timeout=30, what="up's summary")
         # As the project's own code publishes: Django set up, its Celery app loaded (shop/__init__.py).
         publish = textwrap.dedent(f"""
             import django, shop

@@ -117,7 +117,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # 4xx are in gunicorn's access log already (one line per request); 5xx keep their traceback.
+        "django.request": {"level": "ERROR"},
+    },
 }
 
 # --- Jobs -------------------------------------------------------------------------------

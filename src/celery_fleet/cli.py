@@ -82,9 +82,11 @@ def _register_optional_commands() -> None:
     from celery_fleet.autoscale.simulate.command import simulate_command
     from celery_fleet.beat import probe_beat
     from celery_fleet.exporter.cli import exporter
+    from celery_fleet.local.manage import manage
     from celery_fleet.local.up import up
 
     main.add_command(up)
+    main.add_command(manage)
     main.add_command(simulate_command, name="simulate")
     main.add_command(deletion_cost_command, name="deletion-cost")
     main.add_command(exporter)

@@ -406,7 +406,7 @@ class LocalFleet:
         """One line per scaling step, with its reason; steady decisions stay quiet."""
         if decision.change == 0:
             return
-        line = f"{group}: {step_summary(decision)}"
+        line = f"{group}: {decision.summary}"
         groups = list(self.groups)
         if group not in self._scaled and groups and group == groups[0]:
             line += f"; --workers {self.config.start_workers} was the starting point"
@@ -464,20 +464,6 @@ class LocalFleet:
         )
         for line in lines:
             self._say(line)
-
-
-def step_summary(decision: Decision) -> str:
-    """``1 → 4 workers (backlog 30, 2 per worker)``: the policy's own words when it has them."""
-    summary = getattr(decision, "summary", None)  # the policy's plain-words summary (newer policy)
-    if isinstance(summary, str) and summary:
-        return summary
-    inputs = decision.inputs
-    why = [f"backlog {inputs['backlog']}"] if inputs.get("backlog") is not None else []
-    if inputs.get("oldest_age"):
-        why.append(f"oldest waiting {float(inputs['oldest_age']):.0f} s")
-    why.append(decision.reason)
-    noun = "worker" if decision.desired == 1 else "workers"
-    return f"{decision.current} → {decision.desired} {noun} ({'; '.join(why)})"
 
 
 def _answers(url: str) -> bool:

@@ -10,16 +10,18 @@ tasks, one every ``--gap`` seconds) runs three times on one worker group of at m
   backlog = waiting + held, idle workers drained first);
 * (b) **fixed max**: ``--max-workers`` workers all the time;
 * (c) **keda-defaults**: KEDA's defaults in real time - queue length only (held messages not
-  counted), listLength 5, activation from zero on a 30 s poll, HPA sync every 15 s with the
-  HPA's default behaviour (300 s scale-down stabilization), 300 s cooldown to zero.  Nothing
-  is scaled down in time; the measurement window simply ends before KEDA's cooldown, so its
-  worker-seconds are a lower bound (its workers would keep running up to 300 s longer).
+  counted), listLength 5, activation from zero on a 30 s poll, and the HPA KEDA creates
+  without ``spec.behavior``: sync every 15 s, the largest recommendation of the last 300 s,
+  scale-up capped at max(2 x current, 4); 300 s cooldown to zero.  Nothing is scaled down in
+  time; the measurement window simply ends before KEDA's cooldown, so its worker-seconds are
+  a lower bound (its workers would keep running up to 300 s longer).
 
 Per variant: time from each burst to the first *added* worker running a task, time to drain
 each burst (publish to the last of its tasks applied), worker-seconds over the whole window
 (every worker process alive, starting and draining ones included), max workers, and tasks
 interrupted by scale-down (a task that started twice: cut short and redelivered).  Every task
-is checked: applied exactly once.  A PNG of workers and backlog over time goes to bench/out/.
+is checked: applied exactly once.  A PNG (the simulator's plot: backlog, workers and
+worker-seconds over time, totals as bars) goes to bench/out/.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ from celery_fleet.autoscale.policy import (  # noqa: E402
     ScalingPolicy,
     policy_from_keda_defaults,
 )
+from celery_fleet.autoscale.simulate.plot import (  # noqa: E402
+    Timeline,
+    Totals,
+    plot_timelines,
+    require_matplotlib,
+)
 from celery_fleet.exporter.redis_accounting import queue_stats  # noqa: E402
 from celery_fleet.lifecycle import worker_load  # noqa: E402
 from celery_fleet.local.processes import file_sink  # noqa: E402
@@ -73,6 +81,8 @@ class Sample:
     workers: int
     replicas: int
     backlog: int
+    #: Worker-seconds spent up to this sample.
+    worker_seconds: float
 
 
 @dataclass
@@ -227,7 +237,7 @@ def run_variant(
                     backlog = -1
                 out.worker_seconds += len(live) * (now - last)
                 last = now
-                out.samples.append(Sample(now - t0, len(live), group.replicas(), backlog))
+                out.samples.append(Sample(now - t0, len(live), group.replicas(), backlog, out.worker_seconds))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -311,27 +321,31 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, elapsed: float) ->
 
 
 def plot(outcomes: list[Outcome], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
-    for o in outcomes:
-        ts = [s.t for s in o.samples]
-        axes[0].plot(ts, [s.backlog for s in o.samples], label=o.label, linewidth=1)
-        axes[1].step(ts, [s.workers for s in o.samples], where="post", label=o.label, linewidth=1)
-    axes[0].set_ylabel("backlog (waiting + held)")
-    axes[1].set_ylabel("worker processes")
-    axes[1].set_xlabel("seconds since the first burst")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
-    fig.suptitle("bench/autoscale.py: local fleet, real workers")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """The simulator's picture, from real runs: backlog, worker processes, worker-seconds."""
+    plot_timelines(
+        [
+            Timeline(
+                o.label,
+                [s.t for s in o.samples],
+                [max(s.backlog, 0) for s in o.samples],
+                [s.workers for s in o.samples],
+                [s.worker_seconds for s in o.samples],
+            )
+            for o in outcomes
+        ],
+        path,
+        title="bench/autoscale.py: local fleet, real workers",
+        totals=[
+            Totals("worker-seconds (the cost)", {o.label: o.worker_seconds for o in outcomes}),
+            Totals(
+                "slowest burst drained after (s)",
+                {o.label: max(o.drain, default=0.0) for o in outcomes},
+                fmt="{:.0f} s",
+            ),
+        ],
+        time_label="seconds since the first burst",
+        workers_label="worker processes",
+    )
 
 
 def main() -> None:
@@ -351,6 +365,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.bursts < 1 or args.burst_tasks < 1 or args.max_workers < 1 or args.gap <= 0:
         parser.error("--bursts, --burst-tasks, --max-workers must be >= 1 and --gap > 0")
+    require_matplotlib()  # before a 24-minute run, not after it
 
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-autoscale-") as tmp:

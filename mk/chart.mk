@@ -15,5 +15,5 @@ chart-lint: chart-tools ## helm lint over every ci/ values file
 chart-render: chart-tools ## regenerate the plain manifests in k8s/manifests/
 	HELM=$(CHART_HELM) k8s/render.sh
 
-chart-test: chart-tools ## chart, policy and skaffold tests
-	$(VENV)/bin/pytest tests/test_chart.py tests/test_chart_policy.py tests/test_skaffold.py -q
+chart-test: chart-tools ## chart, CRD, policy, rendered-settings and skaffold tests
+	$(VENV)/bin/pytest tests/test_chart.py tests/test_chart_crds.py tests/test_chart_policy.py tests/test_chart_settings.py tests/test_skaffold.py -q

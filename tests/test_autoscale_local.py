@@ -139,9 +139,12 @@ class CountingControl:
 def test_group_metrics_sum_the_queues_of_a_group() -> None:
     from celery_fleet.autoscale.local import group_metrics
 
-    stats = {"a": Stats(3, 1, 4.0), "b": Stats(2, 2, None), "c": Stats(9, 9, 99.0)}
+    stats = {"a": Stats(3, 1, 4.0), "b": Stats(0, 2, None), "c": Stats(9, 9, 99.0), "d": Stats(2, 0, None)}
     m = group_metrics(stats, ("a", "b", "missing"))
-    assert (m.waiting, m.held, m.oldest_age_seconds, m.backlog) == (5, 3, 4.0, 8)
+    assert (m.waiting, m.held, m.oldest_age_seconds, m.backlog) == (3, 3, 4.0, 6)
+    # Messages wait but the oldest carries no publish stamp: the age cannot be read (not 0 s).
+    unstamped = group_metrics(stats, ("a", "d"))
+    assert (unstamped.waiting, unstamped.oldest_age_seconds) == (5, None)
 
 
 def test_step_scales_each_group_and_logs_changes_once() -> None:
@@ -159,17 +162,22 @@ def test_step_scales_each_group_and_logs_changes_once() -> None:
     )
     decisions = scaler.step()
     assert decisions["default"].desired == 4  # ceil(10 / 2) = 5, max 4
-    assert decisions["exports"].desired == 1  # fresh history: nothing to stabilize against
-    assert control.calls == [("up", "default", 3), ("down", "exports", 1)]
+    # A fresh autoscaler records the current count first (as a new HPA does): the 30 s
+    # scale-down window holds the idle group at 2 instead of dropping it at once.
+    assert decisions["exports"].desired == 2
+    assert control.calls == [("up", "default", 3)]
     assert len(lines) == 2
     assert lines[0].startswith("autoscale group=default current=1 desired=4 backlog=10")
     now[0] = 5.0
     stats["default"] = Stats(0, 8, 0.0)
-    scaler.step()  # new inputs: one line per group
-    assert len(lines) == 4
+    scaler.step()  # new inputs for default: one line; exports unchanged: quiet
+    assert len(lines) == 3
     assert "group=default current=4 desired=4 backlog=8" in lines[2]
     scaler.step()  # the same again, nothing changes: quiet
-    assert len(lines) == 4
+    assert len(lines) == 3
+    now[0] = 31.0
+    assert scaler.step()["exports"].desired == 1  # the first recommendation left the window
+    assert control.calls[-1] == ("down", "exports", 1)
     assert control.counts == {"default": 4, "exports": 1}
 
 
@@ -184,35 +192,52 @@ def test_a_failed_read_makes_no_decision() -> None:
     assert control.calls == []
 
 
-def test_build_local_autoscaler_takes_each_group_from_the_fleet(tmp_path: Path) -> None:
-    from types import SimpleNamespace
+def test_build_local_autoscaler_takes_each_group_from_the_fleet() -> None:
+    from celery_fleet.autoscale.local import ScalableFleet, build_local_autoscaler
+    from celery_fleet.autoscale.policy import Decision
 
-    from celery_fleet.autoscale.local import build_local_autoscaler
+    class Fleet(CountingControl):
+        """What the autoscaler needs from a fleet (ScalableFleet), with in-memory counts."""
 
-    lines: list[tuple[str, str]] = []
-    groups = {
-        name: WorkerGroup(
-            spec=WorkerGroupSpec(name, queues, concurrency=c, min_workers=1, max_workers=m),
-            env={},
-            probe_root=tmp_path,
-            sink=lambda n, line: None,
-            grace_period=10.0,
-            celery_app="shop",
-        )
-        for name, queues, c, m in [
-            ("default", ("default",), 2, 4),
-            ("exports", ("exports", "periodic"), 1, 2),
-        ]
-    }
-    fleet = SimpleNamespace(
-        groups=groups, broker_url="redis://127.0.0.1:1/0", sink=lambda n, s: lines.append((n, s))
-    )
-    scaler = build_local_autoscaler(fleet)
+        broker_url = "redis://127.0.0.1:1/0"
+
+        def __init__(self) -> None:
+            super().__init__(default=1, exports=1)
+            self.decisions: list[tuple[str, Decision]] = []
+            self.lines: list[str] = []
+
+        def scaled_groups(self) -> list[WorkerGroupSpec]:
+            return [
+                WorkerGroupSpec("default", ("default",), concurrency=2, min_workers=1, max_workers=4),
+                WorkerGroupSpec("exports", ("exports", "periodic"), min_workers=1, max_workers=2),
+            ]
+
+        def record_decision(self, group: str, decision: Decision) -> None:
+            self.decisions.append((group, decision))
+
+        def report(self, line: str) -> None:
+            self.lines.append(line)
+
+    fleet = Fleet()
+    typed: ScalableFleet = fleet  # the fake is what the Protocol asks for (mypy checks the real one)
+    scaler = build_local_autoscaler(typed)
     targets = {t.name: t for t in scaler.groups}
     assert targets["default"].queues == ("default",)
     assert targets["exports"].queues == ("exports", "periodic")
     assert targets["default"].policy.backlog_per_worker == 4.0  # 2 per worker process
     assert (targets["default"].policy.min_replicas, targets["default"].policy.max_replicas) == (1, 4)
     assert targets["exports"].policy.max_replicas == 2
-    scaler.log("hello")
-    assert lines == [("autoscaler", "hello")]
+    # The fleet is the control and hears every decision; a failed step is reported to it.
+    scaler.read_stats = lambda queues: {"default": Stats(6, 0, 1.0)}
+    scaler.step()
+    assert [(g, d.desired) for g, d in fleet.decisions] == [("default", 2), ("exports", 1)]
+    assert fleet.calls == [("up", "default", 1)]
+    stop = threading.Event()
+
+    def broken(queues: object) -> dict[str, Stats]:
+        stop.set()
+        raise ConnectionError("broker down")
+
+    scaler.read_stats = broken
+    scaler.run(stop, 0.01)
+    assert fleet.lines == ["autoscale step failed: ConnectionError('broker down')"]

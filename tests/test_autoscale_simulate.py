@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from celery_fleet.autoscale.policy import recommended_policy
-from celery_fleet.autoscale.simulate import (
+from celery_fleet.autoscale.simulate.model import compare, default_contenders, percentile
+from celery_fleet.autoscale.simulate.report import COLUMNS, format_table
+from celery_fleet.autoscale.simulate.workload import (
     PROFILES,
     TaskModel,
     WorkloadError,
     builtin_profile,
-    compare,
     load_workload_csv,
-    percentile,
 )
 from celery_fleet.cli import main
 
@@ -61,7 +63,63 @@ def test_cli_writes_a_plot(tmp_path: Path) -> None:
     assert f"plot: {out}" in text
     data = out.read_bytes()
     assert data.startswith(PNG_MAGIC)
-    assert len(data) > 20_000  # three panels with three lines each, not an empty canvas
+    assert len(data) > 40_000  # four timeline panels and two bar panels, not an empty canvas
+
+
+def test_plot_without_matplotlib_ends_with_a_one_line_hint(tmp_path: Path) -> None:
+    """matplotlib made unimportable in a fresh interpreter: no traceback, the extra named."""
+    out = tmp_path / "burst.png"
+    script = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from celery_fleet.cli import main\n"
+        f"main(['simulate', '--profile', 'burst', '--plot', {str(out)!r}])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "pip install 'celery-fleet[plot]'" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_table_columns_are_aligned_and_explained() -> None:
+    results = compare(builtin_profile("burst"), recommended_policy())
+    text = format_table(results)
+    table, legend = text.split("\n\ncolumns:\n")
+    header, rule, *rows = table.splitlines()
+    assert len(rows) == 3
+    assert len(rule) == len(header)
+    # Each column's cells end where its header ends (left-aligned first column: start there).
+    ends = []
+    pos = 0
+    for column in COLUMNS:
+        start = header.index(column.header, pos)
+        pos = start + len(column.header)
+        ends.append(pos)
+    for row in rows:
+        assert row.startswith(tuple(r.label for r in results))
+        for end in ends[1:]:
+            assert row[end - 1] != " ", (row, end)
+            assert end == len(row) or row[end] == " ", (row, end)
+    # The legend names every column and says what it holds.
+    for column in COLUMNS[1:]:
+        assert column.header in legend
+    assert "worker-seconds" in legend
+    assert "cut and requeued" in legend
+    # The cost column is relative to the first row.
+    assert rows[0].split()[6] == "1.00x"
+
+
+def test_the_baselines_are_the_real_defaults() -> None:
+    """KEDA and a plain HPA create no spec.behavior: the older rules, not the behavior defaults."""
+    _, keda, hpa = default_contenders(recommended_policy())
+    for contender in (keda, hpa):
+        assert contender.policy.behavior is None
+        assert contender.policy.downscale_stabilization_seconds == 300
+    assert keda.policy.count_held is False
+    assert keda.policy.min_replicas == 0
+    assert hpa.policy.min_replicas == 1
 
 
 def test_ours_beats_keda_defaults_on_latency_for_bursts() -> None:

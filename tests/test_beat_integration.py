@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import signal
 import statistics
@@ -276,7 +277,7 @@ def test_schedule_changes_in_settings_apply_on_restart_and_removed_entries_go(
         fleet,
         "beat-old",
         DJANGO_SETTINGS_MODULE="old_release_settings",
-        PYTHONPATH=str(tmp_path),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), fleet.env["PYTHONPATH"]]),
         CLEANUP_EXPORTS_EVERY="3600",
     )
     wait_until(lambda: alive(old)() or json_state(old) == ACTIVE, timeout=60, what="the old beat to run")

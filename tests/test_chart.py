@@ -13,6 +13,7 @@ import yaml
 
 from celery_fleet.timings import REQUEUE_MARGIN_SECONDS, VISIBILITY_MARGIN_SECONDS, Timings
 from tests.support import helm as h
+from tests.support import netpol
 
 CI_VALUES = sorted((h.CHART / "ci").glob("*.yaml"))
 CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
@@ -221,27 +222,151 @@ def test_only_deletion_cost_talks_to_the_api_with_a_namespaced_role() -> None:
     assert not any(d["metadata"]["name"].endswith("deletion-cost") for d in rendered(ci("defaults")))
 
 
-def test_network_policies_admit_only_the_components_that_need_each_service() -> None:
-    docs = rendered(ci("defaults"))
+def endpoints(docs: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> dict[str, netpol.Endpoint]:
+    """One endpoint per component (its pods' labels and named ports), plus pods and hosts outside it."""
+    found: dict[str, netpol.Endpoint] = {}
+    for obj in pods(tuple(docs)):
+        labels = pod_labels(obj)
+        component = labels["app.kubernetes.io/component"]
+        ports = {
+            p["name"]: p["containerPort"]
+            for c in pod_spec(obj)["containers"]
+            for p in c.get("ports", [])
+            if "name" in p
+        }
+        found.setdefault(component, netpol.pod(component, obj["metadata"]["namespace"], labels, ports))
+    found["neighbour"] = netpol.pod("neighbour", "fleet", {"app": "something-else"})
+    found["ingress-controller"] = netpol.pod(
+        "ingress-controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}
+    )
+    found["prometheus"] = netpol.pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    found["kube-dns"] = netpol.pod("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, {"dns": 53})
+    found["smtp"] = netpol.outside("smtp", "192.0.2.25")
+    found["internet"] = netpol.outside("internet", "203.0.113.7")
+    return found
 
-    def admitted(name: str) -> set[str]:
-        policy = by_name(docs, "NetworkPolicy", name)
-        (rule,) = policy["spec"]["ingress"]
-        (peer,) = rule["from"]
-        assert "namespaceSelector" not in peer
-        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "fleet"
-        (expr,) = peer["podSelector"]["matchExpressions"]
-        assert expr["key"] == "app.kubernetes.io/component"
-        assert expr["operator"] == "In"
-        return set(expr["values"])
 
-    # Workers write job progress, the Job migrates: they need the database too (see docs/chart.md).
-    assert admitted("fleet-celery-fleet-database") == {"web", "worker", "migrations"}
-    assert admitted("fleet-celery-fleet-broker") == {"web", "worker", "beat", "exporter"}
-    for name in ("fleet-celery-fleet-worker", "fleet-celery-fleet-beat", "fleet-celery-fleet-migrations"):
-        policy = by_name(docs, "NetworkPolicy", name)
-        assert policy["spec"]["policyTypes"] == ["Ingress"], name
-        assert "ingress" not in policy["spec"], name
+def reachers(
+    docs: tuple[dict[str, Any], ...] | list[dict[str, Any]], target: str, port: int | str
+) -> set[str]:
+    """Every endpoint that may open a connection to ``target`` on ``port``."""
+    policies = objects(docs, "NetworkPolicy")
+    points = endpoints(docs)
+    return {
+        name
+        for name, source in points.items()
+        if name != target and netpol.allowed(policies, source, points[target], port)
+    }
+
+
+def reached(
+    docs: tuple[dict[str, Any], ...] | list[dict[str, Any]], source: str, target: str, port: int
+) -> bool:
+    points = endpoints(docs)
+    return netpol.allowed(objects(docs, "NetworkPolicy"), points[source], points[target], port)
+
+
+#: Everything outside the release: pods of other apps and namespaces, and hosts outside the cluster.
+OUTSIDE = {"neighbour", "ingress-controller", "prometheus", "kube-dns", "smtp", "internet"}
+
+
+def test_network_policies_what_may_reach_what_by_default() -> None:
+    docs = rendered(ci("autoscaling-off"))  # the defaults plus the deletion-cost controller
+    # The broker and the database: the components that use their secret (celery-fleet.secretsUsedBy).
+    assert reachers(docs, "broker", "redis") == {"web", "worker", "beat", "exporter", "deletion-cost"}
+    assert reachers(docs, "database", "postgresql") == {"web", "worker", "migrations"}
+    # Web and exporter accept HTTP from anyone whose egress allows it: not from beat, the exporter or
+    # the migrations Job (egress restricted to DNS and their services); the helm test pod reaches web only.
+    unrestricted = {"web", "worker", "deletion-cost"} | OUTSIDE
+    assert reachers(docs, "web", "http") == (unrestricted - {"web"}) | {"test"}
+    assert reachers(docs, "exporter", "metrics") == unrestricted
+    for closed in ("worker", "beat", "migrations", "deletion-cost", "test"):
+        assert reachers(docs, closed, 8080) == set(), closed
+    # DNS from every pod; the world only from the pods that run the user's code (and deletion cost).
+    assert {s for s in reachers(docs, "kube-dns", 53)} >= {"beat", "exporter", "migrations", "test"}
+    assert reached(docs, "beat", "kube-dns", 53)
+    for source in ("beat", "exporter", "migrations", "test", "broker", "database"):
+        assert not reached(docs, source, "internet", 443), source
+    for source in ("web", "worker", "deletion-cost"):
+        assert reached(docs, source, "internet", 443), source
+    assert not reached(docs, "exporter", "database", 5432)
+    assert not reached(docs, "migrations", "broker", 6379)
+
+
+def test_network_policies_with_an_ingress_controller_and_restricted_app_egress() -> None:
+    docs = rendered(ci("external"))  # webFrom: ingress-nginx; egress.appPods; an SMTP rule; external services
+    assert reachers(docs, "web", "http") == {"ingress-controller", "test"}
+    assert reachers(docs, "exporter", "metrics") >= {"prometheus", "ingress-controller"}
+    # External broker and database: their address is not in the chart, so their users' egress is open.
+    assert reached(docs, "worker", "internet", 6379)
+    assert reached(docs, "beat", "internet", 6379)
+    # The helm test pod uses neither: DNS, web and the extra rule only.
+    assert not reached(docs, "test", "internet", 443)
+    assert reached(docs, "test", "smtp", 587)
+    assert not reached(docs, "test", "smtp", 25)
+
+
+def test_network_policies_with_bundled_services_and_restricted_app_egress() -> None:
+    docs = h.render([ci("autoscaling-off")], {"networkPolicy.egress.appPods": "true"})
+    assert reached(docs, "worker", "broker", 6379)
+    assert reached(docs, "worker", "database", 5432)
+    assert reached(docs, "worker", "kube-dns", 53)
+    assert not reached(docs, "worker", "internet", 443)
+    assert not reached(docs, "web", "exporter", 9808)
+    assert not reached(docs, "broker", "database", 5432)  # the services themselves connect nowhere
+    assert not reached(docs, "database", "kube-dns", 53)
+
+
+def test_a_database_scheduler_gives_beat_the_database() -> None:
+    plain = rendered(ci("defaults"))
+    beat = pod_spec(by_name(plain, "Deployment", "fleet-celery-fleet-beat"))["containers"][0]
+    assert "DATABASE_URL" not in env_of(beat)
+    assert not reached(plain, "beat", "database", 5432)
+    docs = h.render(sets={"beat.scheduler": "celery_fleet.beat.LockedDatabaseScheduler"})
+    beat = pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-beat"))["containers"][0]
+    assert "DATABASE_URL" in env_of(beat)
+    assert reached(docs, "beat", "database", 5432)
+
+
+def test_the_reachability_check_can_fail() -> None:
+    docs = list(rendered(ci("defaults")))
+    assert "neighbour" not in reachers(docs, "broker", "redis")
+    without_broker_policy = [
+        d
+        for d in docs
+        if not (d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "fleet-celery-fleet-broker")
+    ]
+    assert "neighbour" in reachers(without_broker_policy, "broker", "redis")
+
+
+def test_each_component_gets_only_the_secrets_it_uses() -> None:
+    docs = rendered(ci("autoscaling-off"))
+    secrets = {"SECRET_KEY", "CELERY_BROKER_URL", "DATABASE_URL", "REDIS_PASSWORD", "DATABASE_PASSWORD"}
+
+    def used(name: str, kind: str = "Deployment") -> dict[str, set[str]]:
+        spec = pod_spec(by_name(docs, kind, name))
+        return {
+            c["name"]: set(env_of(c)) & secrets for c in spec.get("initContainers", []) + spec["containers"]
+        }
+
+    assert used("fleet-celery-fleet-web") == {
+        "wait-for-migrations": {"SECRET_KEY", "DATABASE_URL"},
+        "web": {"SECRET_KEY", "CELERY_BROKER_URL", "DATABASE_URL"},
+    }
+    assert used("fleet-celery-fleet-worker-default")["worker"] == {
+        "SECRET_KEY",
+        "CELERY_BROKER_URL",
+        "DATABASE_URL",
+    }
+    assert used("fleet-celery-fleet-beat") == {"beat": {"SECRET_KEY", "CELERY_BROKER_URL"}}
+    assert used("fleet-celery-fleet-celery-exporter") == {"exporter": {"CELERY_BROKER_URL"}}
+    assert used("fleet-celery-fleet-deletion-cost") == {"deletion-cost": {"CELERY_BROKER_URL"}}
+    (job,) = objects(docs, "Job")
+    assert {c["name"]: set(env_of(c)) & secrets for c in pod_spec(job)["containers"]} == {
+        "migrate": {"SECRET_KEY", "DATABASE_URL"}
+    }
+    (test_pod,) = objects(docs, "Pod")
+    assert not set(env_of(pod_spec(test_pod)["containers"][0])) & secrets
 
 
 # ---------------------------------------------------------------------------------- probes & timings
@@ -416,16 +541,110 @@ def test_latency_target_adds_a_second_trigger_and_metric() -> None:
     assert [t["metricType"] for t in plain["spec"]["triggers"]] == ["AverageValue"]
 
 
-def test_default_scaling_behavior_is_the_local_policy() -> None:
-    """The chart's default HPA behaviour is what `celery-fleet up` and the simulator run."""
-    from celery_fleet.autoscale.policy import recommended_policy
+def group_autoscaling(docs: list[dict[str, Any]], group: str, mode: str) -> dict[str, Any]:
+    """The rendered scaler of a group, as (min, max, backlog target, latency target, behavior)."""
+    name = f"fleet-celery-fleet-worker-{group}"
+    if mode == "keda":
+        spec = by_name(docs, "ScaledObject", name)["spec"]
+        triggers = {t["metricType"]: t["metadata"]["threshold"] for t in spec["triggers"]}
+        return {
+            "min": spec["minReplicaCount"],
+            "max": spec["maxReplicaCount"],
+            "backlog": triggers["AverageValue"],
+            "oldestAge": triggers.get("Value"),
+            "behavior": spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"],
+            "pollingInterval": spec["pollingInterval"],
+            "cooldownPeriod": spec["cooldownPeriod"],
+        }
+    spec = by_name(docs, "HorizontalPodAutoscaler", name)["spec"]
+    targets = [m["external"]["target"] for m in spec["metrics"]]
+    return {
+        "min": spec["minReplicas"],
+        "max": spec["maxReplicas"],
+        "backlog": targets[0]["averageValue"],
+        "oldestAge": targets[1]["value"] if len(targets) > 1 else None,
+        "behavior": spec["behavior"],
+    }
 
+
+def test_a_new_group_takes_every_default_from_worker_defaults() -> None:
+    """A group with a name and queues only is the policy's group: 2 x concurrency per pod, and so on."""
+    from celery_fleet.autoscale.local import group_policy
+
+    values = yaml.safe_load((h.CHART / "values.yaml").read_text())["workerDefaults"]
+    for mode in ("keda", "hpa"):
+        docs = h.render(
+            sets={
+                "workers[0].name": "orders",
+                "workers[0].queues[0]": "orders",
+                "workers[0].queues[1]": "periodic",
+                "workers[0].concurrency": "3",
+                "workerDefaults.autoscaling.mode": mode,
+            }
+        )
+        got = group_autoscaling(docs, "orders", mode)
+        ours = group_policy(values["autoscaling"]["minReplicas"], values["autoscaling"]["maxReplicas"], 3)
+        assert float(got["backlog"]) == ours.backlog_per_worker == 6.0
+        assert got["max"] == ours.max_replicas
+        # An HPA cannot scale to zero: it renders at least 1; KEDA takes 0 as it is.
+        assert got["min"] == (ours.min_replicas if mode == "keda" else max(ours.min_replicas, 1))
+        assert float(got["oldestAge"]) == ours.oldest_age_target_seconds
+        assert got["behavior"] == ours.as_dict()["behavior"]
+        if mode == "keda":
+            assert got["pollingInterval"] == ours.sync_period_seconds
+            assert got["cooldownPeriod"] == ours.cooldown_seconds
+        deployment = pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-worker-orders"))
+        (container,) = deployment["containers"]
+        assert container["resources"] == values["resources"]
+        assert container["command"][container["command"].index("--loglevel") + 1] == values["logLevel"]
+        assert env_of(container)["CELERY_FLEET_PROBE_DIR"] == values["probeDir"]
+        assert {k: container["livenessProbe"][k] for k in values["livenessProbe"]} == values["livenessProbe"]
+
+
+def test_worker_defaults_changed_once_reach_every_group_and_a_group_overrides_them() -> None:
+    docs = rendered(ci("multi-groups"))  # workerDefaults: concurrency 2, resources, nodeSelector, ...
+    by_group = {d["metadata"]["labels"]["celery-fleet/worker-group"]: pod_spec(d) for d in workers(docs)}
+    assert set(by_group) == {"fast", "exports", "periodic", "reports"}
+    concurrency = {
+        g: s["containers"][0]["command"][s["containers"][0]["command"].index("--concurrency") + 1]
+        for g, s in by_group.items()
+    }
+    assert concurrency == {"fast": "8", "exports": "2", "periodic": "1", "reports": "3"}
+    # Maps merge key by key (the default nodeSelector stays under a group's own tolerations) ...
+    assert all(s["nodeSelector"] == {"kubernetes.io/os": "linux"} for s in by_group.values())
+    assert by_group["reports"]["tolerations"] == [
+        {"key": "reports", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert "tolerations" not in by_group["fast"]
+    # ... a group's scalar wins over the default, including false and 0 ...
+    loglevel = by_group["periodic"]["containers"][0]["command"]
+    assert loglevel[loglevel.index("--loglevel") + 1] == "WARNING"
+    pdbs = {d["metadata"]["name"] for d in objects(docs, "PodDisruptionBudget")}
+    assert "fleet-celery-fleet-worker-periodic" not in pdbs
+    # ... and the scalers mix both: exports is concurrency 2 (default) x 2 per process, hpa min 1.
+    exports = group_autoscaling(list(docs), "exports", "hpa")
+    assert (exports["min"], exports["max"], exports["backlog"], exports["oldestAge"]) == (1, 4, "4", None)
+    fast = group_autoscaling(list(docs), "fast", "keda")
+    assert (fast["min"], fast["max"], fast["backlog"]) == (1, 30, "20")
+    scaled = by_name(docs, "ScaledObject", "fleet-celery-fleet-worker-fast")
+    assert scaled["spec"]["triggers"][0]["metadata"]["serverAddress"] == "http://prometheus.monitoring:9090"
+
+
+def test_the_exports_group_of_values_yaml_differs_only_where_it_says() -> None:
     values = yaml.safe_load((h.CHART / "values.yaml").read_text())
-    default_group = values["workers"][0]
-    chart = default_group["autoscaling"]
-    policy = recommended_policy(backlog_per_worker=2.0 * default_group["concurrency"])
-    assert chart["behavior"] == policy.as_dict()["behavior"]
-    assert chart["targetBacklogPerWorker"] == policy.backlog_per_worker
+    default, exports = values["workers"]
+    assert set(default) == {"name", "queues"}, "the default group is workerDefaults' group"
+    assert "targetBacklogPerWorker" not in exports["autoscaling"]
+    docs = h.render(sets={"workerDefaults.autoscaling.mode": "keda"})
+    got = group_autoscaling(docs, "exports", "keda")
+    # concurrency 2 x targetBacklogPerProcess 2: the 2-per-process rule, not a number of its own.
+    assert got["backlog"] == "4"
+    assert got["max"] == 5
+    assert got["behavior"]["scaleDown"] == {
+        "stabilizationWindowSeconds": 300,
+        "selectPolicy": "Max",
+        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
+    }
 
 
 def test_multiple_worker_groups_each_get_their_own_deployment_and_pdb() -> None:
@@ -557,29 +776,54 @@ def test_bundled_broker_and_database_use_pinned_official_images_secrets_and_pvcs
     assert pg["image"].split(":")[1] != "latest"
     assert env_of(pg)["POSTGRES_PASSWORD"]["secretKeyRef"]["name"] == "fleet-celery-fleet-database"
     assert postgres["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    # The URLs come composed from the services' own Secrets (one password per render, encoded there).
     web = env_of(pod_spec(by_name(docs, "Deployment", "fleet-celery-fleet-web"))["containers"][0])
-    assert web["CELERY_BROKER_URL"] == "redis://:$(REDIS_PASSWORD)@fleet-celery-fleet-broker:6379/0"
-    assert web["DATABASE_URL"].startswith(
-        "postgres://fleet:$(DATABASE_PASSWORD)@fleet-celery-fleet-database:5432/"
-    )
+    assert web["CELERY_BROKER_URL"] == {
+        "secretKeyRef": {"name": "fleet-celery-fleet-broker", "key": "CELERY_BROKER_URL"}
+    }
+    assert web["DATABASE_URL"] == {
+        "secretKeyRef": {"name": "fleet-celery-fleet-database", "key": "DATABASE_URL"}
+    }
+    assert "REDIS_PASSWORD" not in web
+    assert "DATABASE_PASSWORD" not in web
+
+
+def secret_value(docs: list[dict[str, Any]], name: str, key: str) -> str:
+    import base64
+
+    return base64.b64decode(by_name(docs, "Secret", name)["data"][key]).decode()
 
 
 def test_explicit_passwords_are_used_as_given() -> None:
+    key = "k-secret-" + "x" * 50
     docs = h.render(
-        sets={
-            "broker.auth.password": "b-pass",
-            "database.auth.password": "d-pass",
-            "django.secretKey": "k-secret",
-        }
+        sets={"broker.auth.password": "b-pass", "database.auth.password": "d-pass", "django.secretKey": key}
     )
-    import base64
+    assert secret_value(docs, "fleet-celery-fleet-broker", "redis-password") == "b-pass"
+    assert secret_value(docs, "fleet-celery-fleet-database", "postgres-password") == "d-pass"
+    assert secret_value(docs, "fleet-celery-fleet-app", "SECRET_KEY") == key
+    assert (
+        secret_value(docs, "fleet-celery-fleet-broker", "CELERY_BROKER_URL")
+        == "redis://:b-pass@fleet-celery-fleet-broker:6379/0"
+    )
+    assert (
+        secret_value(docs, "fleet-celery-fleet-database", "DATABASE_URL")
+        == "postgres://fleet:d-pass@fleet-celery-fleet-database:5432/fleet"
+    )
 
-    def value(name: str, key: str) -> str:
-        return base64.b64decode(by_name(docs, "Secret", name)["data"][key]).decode()
 
-    assert value("fleet-celery-fleet-broker", "redis-password") == "b-pass"
-    assert value("fleet-celery-fleet-database", "postgres-password") == "d-pass"
-    assert value("fleet-celery-fleet-app", "SECRET_KEY") == "k-secret"
+def test_generated_secrets_are_long_enough_and_each_url_matches_its_password() -> None:
+    docs = h.render()
+    # Django's check --deploy wants at least 50 characters (security.W009).
+    assert len(secret_value(docs, "fleet-celery-fleet-app", "SECRET_KEY")) == 64
+    password = secret_value(docs, "fleet-celery-fleet-broker", "redis-password")
+    assert len(password) == 40
+    assert secret_value(docs, "fleet-celery-fleet-broker", "CELERY_BROKER_URL") == (
+        f"redis://:{password}@fleet-celery-fleet-broker:6379/0"
+    )
+    db_password = secret_value(docs, "fleet-celery-fleet-database", "postgres-password")
+    assert db_password != password
+    assert f":{db_password}@" in secret_value(docs, "fleet-celery-fleet-database", "DATABASE_URL")
 
 
 def test_external_broker_and_database_replace_the_statefulsets() -> None:
@@ -657,9 +901,10 @@ def test_config_and_secret_checksums_roll_the_pods(values: Path) -> None:
 
 
 def test_checksums_change_with_the_config_and_the_secret_inputs_only() -> None:
-    before = by_name(h.render(sets={"django.secretKey": "a"}), "Deployment", "fleet-celery-fleet-web")
+    key_a, key_b = "a" * 50, "b" * 50
+    before = by_name(h.render(sets={"django.secretKey": key_a}), "Deployment", "fleet-celery-fleet-web")
     after = by_name(
-        h.render(sets={"django.secretKey": "a", "django.logLevel": "DEBUG"}),
+        h.render(sets={"django.secretKey": key_a, "django.logLevel": "DEBUG"}),
         "Deployment",
         "fleet-celery-fleet-web",
     )
@@ -674,7 +919,7 @@ def test_checksums_change_with_the_config_and_the_secret_inputs_only() -> None:
 
     # Generated passwords do not make every render roll the pods; a changed secret input does.
     assert secret_checksum({}) == secret_checksum({})
-    assert secret_checksum({"django.secretKey": "a"}) != secret_checksum({"django.secretKey": "b"})
+    assert secret_checksum({"django.secretKey": key_a}) != secret_checksum({"django.secretKey": key_b})
 
 
 def test_helm_test_pod_submits_a_job_through_the_api() -> None:
@@ -701,6 +946,11 @@ def test_helm_test_pod_submits_a_job_through_the_api() -> None:
         ({"web.replicaCount": "many"}, "web.replicaCount"),
         ({"workers[0].autoscaling.mode": "sometimes"}, "mode"),
         ({"exporter.serviceMonitor.interval": "often"}, "interval"),
+        ({"django.secretKey": "forty-nine-characters-are-too-few-for-django-----"}, "secretKey"),
+        ({"workerDefaults.surprise": "1"}, "surprise"),
+        ({"workerDefaults.autoscaling.targetBacklogPerProcess": "0"}, "targetBacklogPerProcess"),
+        ({"web.proxy.trustedIPs[0]": "ingress-nginx"}, "trustedIPs"),
+        ({"django.https.enabled": "maybe"}, "enabled"),
     ],
 )
 def test_schema_refuses_bad_values(sets: dict[str, str], message: str) -> None:
@@ -763,6 +1013,15 @@ def test_schema_refuses_bad_values(sets: dict[str, str], message: str) -> None:
             "autoscaling.cooldownPeriod (10s) must be at least the drain window (30s)",
         ),
         ({"web.terminationGracePeriodSeconds": "20"}, "web: terminationGracePeriodSeconds (20s) must exceed"),
+        ({"django.https.enabled": "true"}, "web.proxy.trustedIPs is empty"),
+        (
+            {
+                "web.ingress.enabled": "true",
+                "web.ingress.hosts[0].host": "fleet.example.com",
+                "web.ingress.tls[0].secretName": "fleet-tls",
+            },
+            "HTTPS is on (django.https.enabled, or web.ingress.tls) but web.proxy.trustedIPs is empty",
+        ),
     ],
 )
 def test_validate_values_fails_with_a_clear_message(sets: dict[str, str], message: str) -> None:
@@ -892,3 +1151,20 @@ def test_values_yaml_documents_every_key() -> None:
     documented = {m.group(1) for m in re.finditer(r"^([A-Za-z]\w*):", "\n".join(lines), re.M)}
     schema = __import__("json").loads((h.CHART / "values.schema.json").read_text())
     assert documented <= set(schema["properties"]), "a values key the schema does not know"
+
+
+def test_every_worker_group_key_has_its_default_in_worker_defaults() -> None:
+    """A group may set exactly the keys workerDefaults holds (plus name, queues, timings), and each of
+    them has a value there: no template default fills in a missing one."""
+    import json
+
+    schema = json.loads((h.CHART / "values.schema.json").read_text())
+    settings = schema["definitions"]["workerSettings"]["properties"]
+    group_keys = set(schema["properties"]["workers"]["items"]["properties"])
+    assert group_keys == set(settings) | {"name", "queues", "timings"}
+    assert set(schema["properties"]["workerDefaults"]["properties"]) == set(settings)
+    defaults = yaml.safe_load((h.CHART / "values.yaml").read_text())["workerDefaults"]
+    assert set(defaults) == set(settings)
+    assert set(defaults["autoscaling"]) == set(settings["autoscaling"]["properties"])
+    templates = "".join(p.read_text() for p in (h.CHART / "templates").rglob("*") if p.is_file())
+    assert "groupDefaults" not in templates

@@ -62,3 +62,29 @@ def test_checkov_catches_a_privileged_container() -> None:
     broken = manifest.replace("allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", 1)
     report = h.checkov(broken)
     assert any(c["check_id"] == "CKV_K8S_20" for c in report["results"]["failed_checks"])
+
+
+def test_worker_defaults_are_the_recommended_policy() -> None:
+    """One set of defaults: values.yaml's workerDefaults is what `celery-fleet up` and the simulator run."""
+    import yaml
+
+    from celery_fleet.autoscale.policy import recommended_policy
+
+    policy = recommended_policy()
+    chart = yaml.safe_load((h.CHART / "values.yaml").read_text())["workerDefaults"]["autoscaling"]
+    # Each chart key and the policy's field it renders (per pod: x concurrency, tests/test_chart.py).
+    as_policy = {
+        "targetBacklogPerProcess": policy.backlog_per_worker,
+        "targetOldestAgeSeconds": policy.oldest_age_target_seconds or 0,
+        "minReplicas": policy.min_replicas,
+        "maxReplicas": policy.max_replicas,
+        "activationBacklog": policy.activation_backlog,
+        "pollingInterval": policy.sync_period_seconds,
+        "cooldownPeriod": policy.cooldown_seconds,
+        "behavior": policy.as_dict()["behavior"],
+    }
+    assert {key: chart[key] for key in as_policy} == as_policy
+    # The chart's metric is celery_fleet_queue_backlog, waiting + held: the policy counts held too.
+    assert policy.count_held
+    # 0 means "derive from targetBacklogPerProcess"; a number here would be a second default.
+    assert chart["targetBacklogPerWorker"] == 0

@@ -67,18 +67,7 @@ class Stack:
             env=env,
             read_only=True,
         )
-        # Ready = the consumer consumes: the same probe Kubernetes runs.
-        wait_until(
-            lambda: (
-                d.run(
-                    ["docker", "exec", worker.name, "celery-fleet", "probe", "ready"], check=False
-                ).returncode
-                == 0
-            ),
-            timeout=120,
-            interval=0.5,
-            what=f"worker {name} ready",
-        )
+        d.wait_until_worker_ready(worker)
         return worker
 
     def submit(self, total: int) -> str:
@@ -117,21 +106,7 @@ def stack(images: str) -> Iterator[Stack]:
             "CELERY_BROKER_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/0",
             "ALLOWED_HOSTS": "127.0.0.1,localhost,web",
         }
-        # Migrations as the chart's Job runs them: wait for the database, then migrate once.
-        migrate = net.run(
-            images,
-            "sh",
-            "-c",
-            "until python -c"
-            " 'import django; django.setup(); from django.db import connection;"
-            " connection.ensure_connection()'"
-            " >/dev/null 2>&1; do sleep 1; done;"
-            " exec python -m django migrate --no-input",
-            name="migrate",
-            env=env,
-            read_only=True,
-        )
-        assert d.docker("wait", migrate.name, timeout=300) == "0", migrate.logs()
+        d.run_migrations(net, images, env)
         web = net.run(
             images, "web", name="web", env={**env, "WEB_CONCURRENCY": "2"}, publish=[8000], read_only=True
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from celery_fleet.django.security import https_settings
 from celery_fleet.env import env
 from celery_fleet.presets import safe_delivery_settings
 from celery_fleet.timings import Timings, TimingsError
@@ -31,6 +32,12 @@ else:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if not DEBUG else ["*"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- HTTPS behind the TLS-terminating proxy --------------------------------------------------
+# SSL redirect, HSTS and secure cookies from SECURE_* / *_COOKIE_SECURE (off unless set; the chart
+# sets them when its ingress has TLS). gunicorn tells Django the scheme, trusting X-Forwarded-Proto
+# only from FORWARDED_ALLOW_IPS (celery_fleet.django.security explains why not SECURE_PROXY_SSL_HEADER).
+globals().update(https_settings())
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -118,7 +125,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        # A 4xx is in the web server's access log already; 5xx still log here, with the traceback.
+        # 4xx are in gunicorn's access log already (one line per request); 5xx keep their traceback.
         "django.request": {"level": "ERROR"},
     },
 }

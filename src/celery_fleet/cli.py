@@ -79,12 +79,14 @@ def queues(celery_app: str, as_json: bool) -> None:
 def _register_optional_commands() -> None:
     """Subcommands living in their own modules (each module owns its options)."""
     from celery_fleet.autoscale.deletion_cost import deletion_cost_command
-    from celery_fleet.autoscale.simulate import simulate_command
+    from celery_fleet.autoscale.simulate.command import simulate_command
     from celery_fleet.beat import probe_beat
     from celery_fleet.exporter.cli import exporter
+    from celery_fleet.local.manage import manage
     from celery_fleet.local.up import up
 
     main.add_command(up)
+    main.add_command(manage)
     main.add_command(simulate_command, name="simulate")
     main.add_command(deletion_cost_command, name="deletion-cost")
     main.add_command(exporter)

@@ -31,11 +31,13 @@ def worker_argv(
     concurrency: int = 1,
     loglevel: str = "INFO",
     pool: str = "prefork",
+    quiet: bool = False,
 ) -> list[str]:
     return [
         sys.executable,
         "-m",
         "celery",
+        *_quiet(quiet),
         "-A",
         app,
         "worker",
@@ -55,11 +57,18 @@ def worker_argv(
     ]
 
 
-def beat_argv(*, app: str, loglevel: str = "INFO", schedule_file: Path | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "celery", "-A", app, "beat", "--loglevel", loglevel]
+def beat_argv(
+    *, app: str, loglevel: str = "INFO", schedule_file: Path | None = None, quiet: bool = False
+) -> list[str]:
+    argv = [sys.executable, "-m", "celery", *_quiet(quiet), "-A", app, "beat", "--loglevel", loglevel]
     if schedule_file is not None:
         argv += ["--schedule", str(schedule_file)]
     return argv
+
+
+def _quiet(quiet: bool) -> list[str]:
+    # Celery's start-up banner (some 30 lines per process) off; its log lines stay.
+    return ["--quiet"] if quiet else []
 
 
 def web_argv(asgi_application: str, config: str = GUNICORN_CONFIG) -> list[str]:

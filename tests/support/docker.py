@@ -87,6 +87,27 @@ def build_app_image(tag: str = APP_IMAGE, base: str = BASE_IMAGE) -> str:
     return tag
 
 
+def build_project_image(project_dir: Path, tag: str, *, app: str, base: str = BASE_IMAGE) -> str:
+    """The image of a project outside this repository, built the way docs/adopt.md says
+    (docker/build-image.sh: this checkout's library + the project, docker/Dockerfile)."""
+    stage_build_certs()
+    run(
+        [
+            "sh",
+            str(DOCKER_DIR / "build-image.sh"),
+            "--app",
+            app,
+            "--base",
+            base,
+            str(project_dir),
+            tag,
+            "-q",
+        ],
+        timeout=1500,
+    )
+    return tag
+
+
 def build_standins() -> None:
     context = str(DOCKER_DIR / "standins")
     for dockerfile, tag in (("redis.Dockerfile", REDIS_IMAGE), ("postgres.Dockerfile", POSTGRES_IMAGE)):
@@ -189,3 +210,38 @@ def network() -> Iterator[Network]:
         yield net
     finally:
         net.remove()
+
+
+def run_migrations(net: Network, image: str, env: dict[str, str]) -> None:
+    """Migrate as the chart's Job does: wait for the database, then migrate once (read-only root)."""
+    migrate = net.run(
+        image,
+        "sh",
+        "-c",
+        "until python -c"
+        " 'import django; django.setup(); from django.db import connection;"
+        " connection.ensure_connection()'"
+        " >/dev/null 2>&1; do sleep 1; done;"
+        " exec python -m django migrate --no-input",
+        name="migrate",
+        env=env,
+        read_only=True,
+    )
+    code = docker("wait", migrate.name, timeout=300)
+    if code != "0":
+        raise DockerError(f"migrations exited {code}:\n{migrate.logs()}")
+
+
+def wait_until_worker_ready(worker: Container, timeout: float = 120) -> None:
+    """Ready = the consumer consumes: the probe Kubernetes runs (`celery-fleet probe ready`)."""
+    from celery_fleet.local.waiting import wait_until
+
+    wait_until(
+        lambda: (
+            run(["docker", "exec", worker.name, "celery-fleet", "probe", "ready"], check=False).returncode
+            == 0
+        ),
+        timeout=timeout,
+        interval=0.5,
+        what=f"worker container {worker.name} ready (logs: {worker.logs(40)})",
+    )

@@ -219,3 +219,44 @@ def checkov(docs_yaml: str) -> dict[str, Any]:
 if __name__ == "__main__":
     ensure_all()
     print(f"helm: {ensure_helm()}\nkubectl: {KUBECTL}")
+
+
+def container_environment(
+    docs: list[dict[str, Any]],
+    container: dict[str, Any],
+    outside_secrets: dict[tuple[str, str], str] | None = None,
+) -> dict[str, str]:
+    """The environment the kubelet would give ``container`` of a rendered release.
+
+    ``envFrom`` ConfigMaps, ``env`` values with ``$(VAR)`` expansion, and ``secretKeyRef``s read from
+    the rendered Secrets (base64-decoded) or, for Secrets the release does not render (an
+    ``existingSecret``), from ``outside_secrets[(name, key)]``.
+    """
+    import base64
+    import re
+
+    def find(kind: str, name: str) -> dict[str, Any] | None:
+        return next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name), None)
+
+    environ: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        config = find("ConfigMap", source["configMapRef"]["name"])
+        assert config is not None, f"ConfigMap {source['configMapRef']['name']} is not rendered"
+        environ.update(config.get("data", {}))
+    for entry in container.get("env", []):
+        if "value" in entry:
+            environ[entry["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: environ.get(m.group(1), m.group(0)),
+                entry["value"],
+            )
+            continue
+        ref = entry["valueFrom"].get("secretKeyRef")
+        if ref is None:
+            continue  # fieldRef (POD_NAME): not a setting
+        secret = find("Secret", ref["name"])
+        if secret is not None:
+            environ[entry["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+        else:
+            environ[entry["name"]] = (outside_secrets or {})[(ref["name"], ref["key"])]
+    return environ

@@ -16,8 +16,8 @@ Migrations run in Job {{ include "celery-fleet.migrations.fullname" . }}; web an
   kubectl --namespace {{ .Release.Namespace }} logs job/{{ include "celery-fleet.migrations.fullname" . }}
 
 Worker groups:
-{{- range (include "celery-fleet.workerGroups" . | fromJson).groups }}
-  {{ include "celery-fleet.worker.fullname" (dict "ctx" $ "group" .) }}: queues {{ join "," .queues }}, autoscaling {{ .autoscaling.mode | default "none" }}
+{{- range (include "celery-fleet.worker.groups" . | fromJson).groups }}
+  {{ include "celery-fleet.worker.fullname" (dict "ctx" $ "group" .) }}: queues {{ join "," .queues }}, autoscaling {{ .autoscaling.mode }}
 {{- end }}
 {{- if .Values.exporter.enabled }}
 

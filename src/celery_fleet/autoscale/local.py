@@ -12,6 +12,10 @@ fleet's :class:`celery_fleet.local.workers.WorkerGroup`, which removes idle work
 drain (SIGTERM: stop consuming, let running tasks finish within the drain window, requeue
 the rest) - the local twin of ``controller.kubernetes.io/pod-deletion-cost``.
 
+``celery-fleet up`` hands its fleet over as a :class:`ScalableFleet` (its groups, its broker,
+where decisions and failures are reported) to :func:`build_local_autoscaler` and runs
+:meth:`LocalAutoscaler.run` in a thread of its own.
+
 A failed broker read raises: no decision is made on numbers that were not read (the
 caller's loop logs it and tries again next interval).
 """
@@ -66,6 +70,44 @@ class QueueStatsLike(Protocol):
 
 StatsReader = Callable[[Sequence[str]], Mapping[str, QueueStatsLike]]
 LogLine = Callable[[str], None]
+DecisionSink = Callable[[str, Decision], None]
+
+
+class ScaledGroup(Protocol):
+    """A worker group as the autoscaler sees it (:class:`celery_fleet.local.workers.WorkerGroupSpec`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def queues(self) -> tuple[str, ...]: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def min_workers(self) -> int: ...
+
+    @property
+    def max_workers(self) -> int: ...
+
+
+class ScalableFleet(WorkerGroupControl, Protocol):
+    """What the local autoscaler needs from the fleet it scales
+    (:class:`celery_fleet.local.fleet.LocalFleet`): its groups, its broker, a place to report."""
+
+    @property
+    def broker_url(self) -> str: ...
+
+    def scaled_groups(self) -> Sequence[ScaledGroup]: ...
+
+    def record_decision(self, group: str, decision: Decision) -> None:
+        """Every decision of every step (the fleet decides which to print)."""
+        ...
+
+    def report(self, line: str) -> None:
+        """A line for the fleet's log (a step that failed)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -78,16 +120,22 @@ class GroupTarget:
 
 
 def group_metrics(stats: Mapping[str, QueueStatsLike], queues: Sequence[str]) -> QueueMetrics:
-    """Sum a group's queues: waiting and held add up, the oldest age is the largest."""
+    """Sum a group's queues: waiting and held add up, the oldest age is the largest.  A queue
+    with waiting messages but no age (its oldest message carries no publish stamp) makes the
+    age unreadable (None), which the policy treats as a missing metric, not as 0 s."""
     waiting = held = 0
-    oldest = 0.0
+    oldest: float | None = 0.0
     for queue in queues:
         s = stats.get(queue)
         if s is None:
             continue
         waiting += s.waiting
         held += s.held
-        oldest = max(oldest, s.oldest_age_seconds or 0.0)
+        if s.oldest_age_seconds is None:
+            if s.waiting > 0:
+                oldest = None
+        elif oldest is not None:
+            oldest = max(oldest, s.oldest_age_seconds)
     return QueueMetrics(waiting=waiting, held=held, oldest_age_seconds=oldest)
 
 
@@ -99,6 +147,7 @@ class LocalAutoscaler:
         read_stats: StatsReader,
         *,
         log: LogLine | None = None,
+        on_decision: DecisionSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not groups:
@@ -107,6 +156,8 @@ class LocalAutoscaler:
         self.groups = list(groups)
         self.read_stats = read_stats
         self.log = log or logger.info
+        #: Given: every decision goes there instead of the log lines of :meth:`_log`.
+        self.on_decision = on_decision
         self.clock = clock
         self.scalers = {g.name: Autoscaler(g.policy) for g in self.groups}
         self.history: list[tuple[float, str, Decision]] = []
@@ -124,7 +175,10 @@ class LocalAutoscaler:
             decision = self.scalers[group.name].decide(now, current, metrics)
             decisions[group.name] = decision
             self.history.append((now, group.name, decision))
-            self._log(group.name, decision)
+            if self.on_decision is not None:
+                self.on_decision(group.name, decision)
+            else:
+                self._log(group.name, decision)
             if decision.desired > current:
                 self.control.scale_up(group.name, decision.desired - current)
             elif decision.desired < current:
@@ -195,26 +249,20 @@ def group_policy(
     ).validated()
 
 
-def build_local_autoscaler(fleet: Any, *, base: ScalingPolicy | None = None) -> LocalAutoscaler:
-    """The autoscaler of ``celery-fleet up``: one target per :class:`LocalFleet` worker group."""
+def build_local_autoscaler(fleet: ScalableFleet, *, base: ScalingPolicy | None = None) -> LocalAutoscaler:
+    """The autoscaler of ``celery-fleet up``: one target per worker group of the fleet."""
     targets = [
         GroupTarget(
-            name=name,
-            queues=tuple(group.spec.queues),
-            policy=group_policy(
-                group.spec.min_workers, group.spec.max_workers, group.spec.concurrency, base=base
-            ),
+            name=group.name,
+            queues=tuple(group.queues),
+            policy=group_policy(group.min_workers, group.max_workers, group.concurrency, base=base),
         )
-        for name, group in fleet.groups.items()
+        for group in fleet.scaled_groups()
     ]
-    sink = getattr(fleet, "sink", None)
-
-    def log(line: str) -> None:
-        if sink is not None:
-            sink("autoscaler", line)
-        else:
-            logger.info("%s", line)
-
     return LocalAutoscaler(
-        WorkerGroupsControl(fleet.groups), targets, redis_stats_reader(fleet.broker_url), log=log
+        fleet,
+        targets,
+        redis_stats_reader(fleet.broker_url),
+        log=fleet.report,
+        on_decision=fleet.record_decision,
     )

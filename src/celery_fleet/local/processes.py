@@ -15,10 +15,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 LineSink = Callable[[str, str], None]
+
+#: The name the fleet's own lines carry (its processes' lines carry theirs).
+FLEET = "celery-fleet"
 
 _print_lock = threading.Lock()
 _COLOURS = (36, 33, 35, 32, 34, 91, 92, 93, 94, 95, 96)
@@ -40,6 +44,34 @@ def console_sink(stream: IO[str] | None = None, colour: bool | None = None) -> L
             out.flush()
 
     return sink
+
+
+@dataclass
+class RestartBackoff:
+    """When to start again what died on its own: at once after a long run; after a growing delay
+    (1, 2, 4 ... 30 s) while it keeps dying soon after its start, so that a web tier that cannot
+    bind or a worker whose project does not import does not restart in a tight loop."""
+
+    quick_exit_seconds: float = 10.0
+    delays: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+    quick_exits: int = 0
+
+    def delay_after(self, ran: float) -> float:
+        """Seconds to wait before the next start, for a process that ran ``ran`` seconds."""
+        self.quick_exits = self.quick_exits + 1 if ran < self.quick_exit_seconds else 0
+        return self.delays[min(self.quick_exits, len(self.delays)) - 1] if self.quick_exits else 0.0
+
+
+def describe_exit(code: int | None) -> str:
+    """``exited with code 1``, ``was killed by SIGKILL``: how a process ended, in words."""
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def file_sink(path: Path) -> LineSink:
@@ -89,8 +121,9 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             text=True,
             bufsize=1,
-            # Own process group: Ctrl-C in the terminal reaches only the supervisor, which
-            # then stops each child the graceful way, in order.
+            # Own session and process group: a terminal's Ctrl-C goes to the whole foreground
+            # group, and must reach only the supervisor, which then stops each child the
+            # graceful way, in order (workers drain while the broker is still there).
             start_new_session=True,
         )
         self.started_at = time.monotonic()
@@ -116,12 +149,16 @@ class ManagedProcess:
             self.popen.send_signal(sig)
 
     def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the exit and the last lines of output; the exit status, or None on timeout."""
         if self.popen is None:
             return None
         try:
-            return self.popen.wait(timeout)
+            code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+        if self._pump is not None:
+            self._pump.join(timeout=5)
+        return code
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> float:
         """Send ``sig``, wait up to ``timeout`` for a clean exit, then SIGKILL; return seconds taken."""
@@ -133,6 +170,4 @@ class ManagedProcess:
             self.sink(self.name, f"did not exit {timeout:.0f}s after {signal.Signals(sig).name}: SIGKILL")
             self.send(signal.SIGKILL)
             self.wait(10)
-        if self._pump is not None:
-            self._pump.join(timeout=5)
         return time.monotonic() - began

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celery_fleet.local.processes import LineSink
 from celery_fleet.local.waiting import wait_until
 
 INSTALL_HINT = (
@@ -29,6 +31,9 @@ class RedisServer:
     port: int
     host: str = "127.0.0.1"
     appendonly: bool = True
+    #: Where redis-server's own log lines go (``None``: nowhere), at its ``--loglevel``.
+    sink: LineSink | None = field(default=None, repr=False)
+    loglevel: str = "notice"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -57,13 +62,25 @@ class RedisServer:
             "no",
             "--logfile",
             "",
+            "--loglevel",
+            self.loglevel,
         ]
 
-    def start(self, *, stdout: int | None = subprocess.DEVNULL, timeout: float = 15) -> RedisServer:
+    def start(self, *, timeout: float = 15) -> RedisServer:
         import redis
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(self.command(), stdout=stdout, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if self.sink is None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # Own session: a terminal's Ctrl-C reaches the whole foreground process group, and
+            # the broker must outlive the workers' drain; whoever started it stops it, last.
+            start_new_session=True,
+        )
+        if self.sink is not None:
+            threading.Thread(target=self._pump, args=(self.process,), name="pump-redis", daemon=True).start()
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         try:
             wait_until(lambda: self._alive() and client.ping(), timeout=timeout, what=f"redis on {self.port}")
@@ -71,10 +88,20 @@ class RedisServer:
             client.close()
         return self
 
+    def _pump(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        assert self.sink is not None
+        for raw in process.stdout:
+            self.sink("redis", raw.decode("utf-8", "replace").rstrip("\n"))
+
     def _alive(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"redis-server exited with {self.process.returncode}")
         return True
+
+    def returncode(self) -> int | None:
+        """``None`` while it runs (or before it started); its exit status once it ended."""
+        return None if self.process is None else self.process.poll()
 
     def stop(self, timeout: float = 10) -> None:
         if self.process is None or self.process.poll() is not None:

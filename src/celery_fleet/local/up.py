@@ -8,18 +8,17 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import click
 
-from celery_fleet.local.fleet import FleetConfig, LocalFleet
+from celery_fleet.local.fleet import FleetConfig, FleetError, LocalFleet
 from celery_fleet.local.redis_server import INSTALL_HINT, redis_server_binary
 from celery_fleet.project import Project, ProjectError
 from celery_fleet.timings import Timings, TimingsError
 
 
-def _secret_key(data_dir: Path) -> str:
+def secret_key(data_dir: Path) -> str:
     """SECRET_KEY from the environment, else one generated once and kept in the data folder."""
     if os.environ.get("SECRET_KEY") or os.environ.get("SECRET_KEY_FILE"):
         return os.environ.get("SECRET_KEY", "")
@@ -34,7 +33,8 @@ def _secret_key(data_dir: Path) -> str:
 def _declared_queues(project: Project, env: dict[str, str]) -> tuple[str, ...]:
     """Ask the project's Celery app which queues it sends to (in a child: its settings stay out of here)."""
     argv = [sys.executable, "-m", "celery_fleet.cli", "queues", "--app", project.celery_app, "--json"]
-    found = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    # Its own session, as every child of `up`: a Ctrl-C meanwhile is for `up` to handle.
+    found = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
     if found.returncode != 0:
         raise click.ClickException(
             f"could not read the queues of {project.celery_app!r}: {found.stderr.strip().splitlines()[-1:]}"
@@ -83,14 +83,17 @@ def _queue_list(value: str | None) -> tuple[str, ...] | None:
     help="Comma-separated queues, one worker group each, the first for user jobs (CELERY_FLEET_QUEUES) "
     "[default: the queues the app declares].",
 )
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Web port.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Web tier's port."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the web tier listens on.")
 @click.option(
     "--workers",
     default=2,
     show_default=True,
     type=click.IntRange(0, 64),
-    help="Starting workers for the user-jobs queue (exports and periodic start with one each).",
+    help="Workers the first queue (user jobs) starts with; the other queues start with one each. "
+    "With --autoscale this is the starting point: the autoscaler takes over (and says so).",
 )
 @click.option(
     "--max-workers",
@@ -113,11 +116,24 @@ def _queue_list(value: str | None) -> tuple[str, ...] | None:
     help="Run the autoscaling policy against the local workers.",
 )
 @click.option(
+    "--autoscale-interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds between two autoscaler steps.",
+)
+@click.option(
     "--exporter-port",
     default=9808,
     show_default=True,
     type=click.IntRange(0, 65535),
-    help="Metrics exporter port (0: no exporter).",
+    help="Metrics exporter's port (0: no exporter).",
+)
+@click.option(
+    "--exporter-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics exporter listens on (0.0.0.0 for a Prometheus on another machine).",
 )
 @click.option("--beat/--no-beat", default=True, show_default=True, help="Run one beat scheduler.")
 @click.option(
@@ -131,7 +147,7 @@ def _queue_list(value: str | None) -> tuple[str, ...] | None:
     default=6390,
     show_default=True,
     type=click.IntRange(1, 65535),
-    help="Port of the local redis-server.",
+    help="Port of the local redis-server (not used with --broker-url).",
 )
 @click.option(
     "--data-dir",
@@ -153,7 +169,14 @@ def _queue_list(value: str | None) -> tuple[str, ...] | None:
 @click.option(
     "--soft-time-limit", envvar="CELERY_TASK_SOFT_TIME_LIMIT", default=240, show_default=True, type=int
 )
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True, help="Log level of workers and beat.")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Everything each process prints: Celery's banners and root warning, redis-server's notices, "
+    "every migration.",
+)
 def up(
     celery_app: str,
     asgi_application: str | None,
@@ -165,7 +188,9 @@ def up(
     max_workers: int,
     concurrency: int,
     autoscale: bool,
+    autoscale_interval: float,
     exporter_port: int,
+    exporter_host: str,
     beat: bool,
     broker_url: str | None,
     redis_port: int,
@@ -174,6 +199,7 @@ def up(
     time_limit: int,
     soft_time_limit: int,
     loglevel: str,
+    verbose: bool,
 ) -> None:
     """Start broker, migrations, web, workers, exporter, beat and autoscaler; Ctrl-C stops them gracefully."""
     timings = Timings(soft_time_limit=soft_time_limit, time_limit=time_limit, drain_window=drain_window)
@@ -204,36 +230,43 @@ def up(
         max_workers=max_workers,
         concurrency=concurrency,
         autoscale=autoscale,
+        autoscale_interval=autoscale_interval,
+        exporter_host=exporter_host,
         exporter_port=exporter_port,
         beat=beat,
         broker_url=broker_url,
         redis_port=redis_port,
         timings=timings,
         loglevel=loglevel,
-        secret_key=_secret_key(data_dir),
+        verbose=verbose,
+        superuser_hint=os.environ.get("CELERY_FLEET_SUPERUSER_HINT")
+        or f"`celery-fleet manage --app {project.celery_app} --data-dir {data_dir} createsuperuser`",
     )
     fleet = LocalFleet(config)
-    if not config.queues:
-        config.queues = _declared_queues(project, fleet.env())
-    stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
-        if stop.is_set():
+        if fleet.stop_requested.is_set():
             click.echo("celery-fleet: second signal, stopping now", err=True)
             fleet.kill()
             sys.exit(1)
-        stop.set()
+        fleet.stop_requested.set()
 
+    # Ctrl-C (the terminal sends SIGINT to the whole foreground process group: every child
+    # runs in a session of its own and never sees it) or SIGTERM: the graceful stop.
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        fleet.start()
-        fleet.print_urls()
-        while not stop.wait(1.0):
-            fleet.check()
-    except subprocess.CalledProcessError as exc:
-        raise click.ClickException(
-            f"{' '.join(map(str, exc.cmd))} failed with exit code {exc.returncode}"
-        ) from exc
-    finally:
-        fleet.stop()
+        fleet.check_ports()  # before anything starts, before the slow look at the app's queues
+        config.secret_key = secret_key(data_dir)
+        if not config.queues:
+            config.queues = _declared_queues(project, fleet.env())
+        try:
+            fleet.start()
+            if not fleet.stop_requested.is_set():
+                fleet.print_urls()
+            while not fleet.stop_requested.wait(1.0):
+                fleet.check()
+        finally:
+            fleet.stop()
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None

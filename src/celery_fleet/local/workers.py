@@ -4,23 +4,25 @@ A group is what a worker Deployment is in the cluster: one set of queues, one
 concurrency, a number of identical workers.  Stopping picks idle workers first
 (the local twin of ``controller.kubernetes.io/pod-deletion-cost``) and stops them
 through the graceful drain: SIGTERM, drain window, requeue, exit.
+
+Two threads change a group: the autoscaler (scale up/down) and the fleet's supervision
+loop (replace workers that died on their own).  Every change of membership happens under
+one lock, so a worker being started by one is never mistaken for a missing one by the other.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import signal
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from celery_fleet import roles
 from celery_fleet.lifecycle import READY_FILE, worker_load
-from celery_fleet.local.processes import LineSink, ManagedProcess
-
-logger = logging.getLogger("celery_fleet.local.workers")
+from celery_fleet.local.processes import FLEET, LineSink, ManagedProcess, RestartBackoff, describe_exit
 
 
 @dataclass
@@ -61,28 +63,54 @@ class WorkerGroup:
     #: ``celery -A`` of the user's project.
     celery_app: str
     loglevel: str = "INFO"
+    #: Celery's start-up banner off (``celery --quiet``); the fleet says "started" instead.
+    quiet: bool = False
     workers: list[LocalWorker] = field(default_factory=list)
     draining: list[LocalWorker] = field(default_factory=list)
     drain_seconds: list[float] = field(default_factory=list)
     #: How many workers the group should have: crashed ones are replaced up to this.
     target: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Held while membership changes (start, pick for removal, replace): see the module doc.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    #: Workers that die soon after their start (a project that does not import) come back slowly.
+    restart_backoff: RestartBackoff = field(default_factory=RestartBackoff)
+    _replace_at: float = 0.0
 
     def replicas(self) -> int:
+        """Workers that count: running or starting, not draining, not dead."""
         with self._lock:
-            self.workers = [w for w in self.workers if w.process.alive()]
-            return len(self.workers)
+            return sum(1 for w in self.workers if w.process.alive())
 
     def scale_up(self, count: int) -> list[LocalWorker]:
         with self._lock:
             self.target += count
-        return self._start(count)
+            return self._start(count)
 
     def replace_crashed(self) -> list[LocalWorker]:
         """Start workers for any that died on their own (crash, OOM), back up to ``target``."""
-        missing = self.target - self.replicas()
-        return self._start(missing) if missing > 0 else []
+        with self._lock:
+            now = time.monotonic()
+            # Workers being stopped are in ``draining``: whatever died here, died unasked.
+            for dead in [w for w in self.workers if not w.process.alive()]:
+                self.workers.remove(dead)
+                delay = self.restart_backoff.delay_after(now - dead.process.started_at)
+                self._replace_at = max(self._replace_at, now + delay)
+                code = describe_exit(dead.process.returncode())
+                later = f" in {delay:.0f} s" if delay else ""
+                self._say(f"worker {dead.name} {code}; starting a replacement{later}")
+            missing = self.target - len(self.workers)
+            return self._start(missing) if missing > 0 and now >= self._replace_at else []
+
+    def worker_argv(self, name: str) -> list[str]:
+        return roles.worker_argv(
+            self.spec.queues,
+            app=self.celery_app,
+            hostname=f"{name}@%h",
+            concurrency=self.spec.concurrency,
+            loglevel=self.loglevel,
+            quiet=self.quiet,
+        )
 
     def _start(self, count: int) -> list[LocalWorker]:
         started = []
@@ -91,27 +119,20 @@ class WorkerGroup:
             probe_dir = self.probe_root / name
             for stale in (probe_dir / "heartbeat", probe_dir / READY_FILE):
                 stale.unlink(missing_ok=True)
-            argv = roles.worker_argv(
-                self.spec.queues,
-                app=self.celery_app,
-                hostname=f"{name}@%h",
-                concurrency=self.spec.concurrency,
-                loglevel=self.loglevel,
-            )
             process = ManagedProcess(
-                name, argv, env=roles.worker_env(self.env, probe_dir), sink=self.sink
+                name, self.worker_argv(name), env=roles.worker_env(self.env, probe_dir), sink=self.sink
             ).start()
             worker = LocalWorker(process, probe_dir)
-            with self._lock:
-                self.workers.append(worker)
+            self.workers.append(worker)
             started.append(worker)
+            self._say(f"worker {name} started (pid {process.pid}, queues {','.join(self.spec.queues)})")
         return started
 
     def pick_for_removal(self, count: int) -> list[LocalWorker]:
         """Idle workers first, then the least busy; newest first among equals."""
         with self._lock:
-            ranked = sorted(reversed(self.workers), key=lambda w: w.held())
-            chosen = ranked[:count]
+            alive = [w for w in reversed(self.workers) if w.process.alive()]
+            chosen = sorted(alive, key=lambda w: w.held())[:count]
             self.target = max(0, self.target - len(chosen))
             for worker in chosen:
                 self.workers.remove(worker)
@@ -133,14 +154,17 @@ class WorkerGroup:
         with self._lock:
             self.draining.remove(worker)
             self.drain_seconds.append(seconds)
-        logger.info("%s drained and exited in %.1fs", worker.name, seconds)
+        self._say(f"worker {worker.name} stopped after a {seconds:.0f} s drain")
 
     def stop_all(self) -> None:
-        self.scale_down(self.replicas(), wait=True)
+        self.scale_down(len(self.workers), wait=True)
         with self._lock:
             leftovers = list(self.draining)
         for worker in leftovers:
             worker.process.wait(self.grace_period)
+
+    def _say(self, message: str) -> None:
+        self.sink(FLEET, message)
 
 
 def default_groups(start_workers: int, max_workers: int, queues: Sequence[str]) -> list[WorkerGroupSpec]:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
+from django.db.models.functions import Length
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -204,20 +205,20 @@ def _job_payload(request: HttpRequest, job_id: uuid.UUID) -> tuple[Job, dict[str
         return None
     data = job.as_api()
     if job.state == JobState.SUCCESS:
-        export = ExportFile.objects.filter(job=job).values("filename").first()
-        if export is not None:
+        size = export_size(job.id)
+        if size is not None:
             data["download_url"] = request.build_absolute_uri(reverse("jobs:download", args=[job.id]))
-            data["download_bytes"] = export_size(job.id)
+            data["download_bytes"] = size
         elif job.kind == JobKind.RANDOM_USERS:
             data["users_url"] = request.build_absolute_uri(f"{reverse('api:users')}?job={job.id}")
     return job, data
 
 
-def export_size(job_id: uuid.UUID) -> int:
-    from django.db.models.functions import Length
-
-    size = ExportFile.objects.filter(job_id=job_id).annotate(size=Length("content")).values("size").first()
-    return int(size["size"]) if size else 0
+def export_size(job_id: uuid.UUID) -> int | None:
+    """Bytes of the job's CSV report, counted by the database (``None``: the job has none)."""
+    sizes = ExportFile.objects.filter(job_id=job_id).annotate(size=Length("content"))
+    size = sizes.values_list("size", flat=True).first()
+    return None if size is None else int(size)
 
 
 @api.get(

@@ -77,13 +77,14 @@ def duration(start: datetime | None, end: datetime | None) -> str:
 def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = get_object_or_404(Job, pk=job_id)
     export_file = ExportFile.objects.filter(job=job).only("filename", "rows").first()
+    export_bytes = export_size(job.id) if export_file else None
     context = {
         "job": job,
         "api_url": reverse("api:job", args=[job.id]),
         "queued_for": duration(job.created_at, job.started_at),
         "ran_for": duration(job.started_at, job.finished_at),
         "export_file": export_file,
-        "export_bytes": export_size(job.id) if export_file else 0,
+        "export_bytes": export_bytes or 0,
         "made_users": job.kind == JobKind.RANDOM_USERS and job.state == JobState.SUCCESS,
         "state_labels": {str(state): label for state, label in STATE_LABELS.items()},
     }

@@ -28,7 +28,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import before_task_publish, worker_ready
 
-from celery_fleet import transport
+from celery_fleet import task_metrics, transport
 from celery_fleet.headers import PUBLISHED_AT_HEADER
 
 logger = logging.getLogger("celery_fleet.lifecycle")
@@ -99,6 +99,7 @@ def install(app: Celery) -> None:
     transport.install()
     before_task_publish.connect(stamp_published_at, weak=False)
     app.steps["consumer"].add(ProbeFilesStep)
+    task_metrics.install(app)  # counts tasks where they run and are published, without task events
 
     def on_worker_ready(**_: Any) -> None:
         # Celery runs its soft-shutdown wait inside the signal handler, before it sends

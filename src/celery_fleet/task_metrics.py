@@ -17,8 +17,10 @@ celery-exporter's):
   event's ``runtime``; the **queue wait** is started - max(published, ETA): time spent waiting
   in the queue, a deliberate countdown/ETA (and retry backoff) excluded, from the publish
   stamp (``x-fleet-published-at``) every celery-fleet publisher sets;
-* **publishers** — ``sent``, counted on ``after_task_publish`` in whichever process publishes
-  (web, beat, a worker's pool process applying a follow-up).
+* **publishers** — ``sent``, counted by whichever process publishes (web, beat, a worker's
+  pool process applying a follow-up): on a Redis broker inside the publish itself, in the
+  same round trip as the message (``celery_fleet.publish``), so the count lives where the
+  message went; on other brokers on ``after_task_publish``, in batches, to the metrics Redis.
 
 Storage, in the metrics Redis (the broker by default, ``CELERY_FLEET_METRICS_URL`` otherwise):
 one hash per *source* — ``worker:<node name>`` for a worker, ``host:<hostname>`` for the
@@ -81,6 +83,8 @@ WAIT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 HISTOGRAMS: dict[str, tuple[float, ...]] = {"runtime": RUNTIME_BUCKETS, "queue_wait_time": WAIT_BUCKETS}
 
+#: celery-exporter's ``hostname`` of ``task-sent``: the publisher's host.
+_HOSTNAME = socket.gethostname()
 _EXCEPTION_CLASS = re.compile(r"^([A-Za-z_][\w.]*)\(")
 
 
@@ -113,7 +117,11 @@ def metrics_url(app: Celery) -> str | None:
     if url:
         return str(url)
     broker = str(app.conf.broker_url or "")
-    return broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
+    return broker if _is_redis(broker) else None
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://", "redis+socket://"))
 
 
 def enabled(app: Celery) -> bool:
@@ -361,7 +369,7 @@ class _Publisher:
 
     def __init__(self, url: str) -> None:
         self.batch = Batch()
-        self.flusher = Flusher(self.batch, url, f"{HOST_SOURCE}{socket.gethostname()}").start()
+        self.flusher = Flusher(self.batch, url, f"{HOST_SOURCE}{_HOSTNAME}").start()
 
 
 @dataclass
@@ -369,10 +377,19 @@ class _PublishState:
     """The publish hook's state: the first installed app's settings, this process's publisher."""
 
     app: Celery | None = None
+    #: Counting ``sent`` at all (``fleet_task_metrics``), read at the first publish.
+    counting: bool | None = None
+    #: The metrics Redis of the batch path (a broker that is not Redis); None: not batched.
     url: str | None = None
-    resolved: bool = False
     publisher: _Publisher | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def resolve(self) -> None:
+        if self.counting is None and self.app is not None:
+            # Read once, at the first publish: the settings are loaded by then.
+            self.counting = enabled(self.app)
+            broker_is_redis = _is_redis(str(self.app.conf.broker_url or ""))
+            self.url = metrics_url(self.app) if self.counting and not broker_is_redis else None
 
 
 _publish = _PublishState()
@@ -390,14 +407,45 @@ def _publish_batch() -> Batch | None:
     publisher = _publish.publisher
     if publisher is None:
         with _publish.lock:
-            if not _publish.resolved and _publish.app is not None:
-                # Read once, at the first publish: the settings are loaded by then.
-                _publish.url = metrics_url(_publish.app) if enabled(_publish.app) else None
-                _publish.resolved = True
+            _publish.resolve()
             if _publish.url is None:
                 return None
             publisher = _publish.publisher = _publish.publisher or _Publisher(_publish.url)
     return publisher.batch
+
+
+@dataclass(frozen=True)
+class SentCounting:
+    """One task's ``sent`` count on a Redis broker, written by the publish itself."""
+
+    name: str
+    source: str
+
+    def script_args(self) -> list[Any]:
+        """What ``publish.PUBLISH_SCRIPT`` needs after the message (see its ARGV)."""
+        prefix = SEP.join(("c", "sent", self.name, ""))
+        return [source_key(self.source), prefix, SEP, SOURCES_KEY, self.source, time.time(), SOURCE_TTL]
+
+    def write(self, client: Any, queue: str) -> None:
+        """The same, as a command of its own (for a publish that went kombu's own way)."""
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(source_key(self.source), counter_field("sent", self.name, queue), 1)
+            pipe.expire(source_key(self.source), SOURCE_TTL)
+            pipe.zadd(SOURCES_KEY, {self.source: time.time()})
+            pipe.execute()
+
+
+def sent_on_broker(message: Mapping[str, Any]) -> SentCounting | None:
+    """What the publish of this kombu message must count, if it is a Celery task and counting is on."""
+    if _publish.counting is None:
+        with _publish.lock:
+            _publish.resolve()
+    if not _publish.counting:
+        return None
+    name = (message.get("headers") or {}).get("task")
+    if not isinstance(name, str):
+        return None
+    return SentCounting(name, f"{HOST_SOURCE}{_HOSTNAME}")
 
 
 def _on_task_published(sender: Any = None, routing_key: Any = None, **_: Any) -> None:

@@ -35,7 +35,7 @@ CELERY_DEFAULT_QUEUE = "celery"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 #: A scrape answers within 2 s even when Redis hangs (SIGSTOP, a dead node behind a live
 #: socket): one read with this timeout, retried only after a refused or reset connection.
-REDIS_TIMEOUT_SECONDS = 1.5
+REDIS_TIMEOUT_SECONDS = 1.0
 
 
 def redis_client(url: str) -> Any:

@@ -120,7 +120,8 @@ def test_published_messages_are_consumed_as_kombu_publishes_them(
         got = [bound.bind(conn.default_channel).get(no_ack=True) for _ in range(2)]
         audit = also.bind(conn.default_channel).get(no_ack=True)
         assert sorted(m.payload["n"] for m in got if m is not None) == [1, 2]
-        assert audit is not None and audit.payload == {"n": 1}
+        assert audit is not None
+        assert audit.payload == {"n": 1}
         assert bound.bind(conn.default_channel).get(no_ack=True) is None
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import before_task_publish, worker_ready
 
-from celery_fleet import publish, task_metrics, transport
+from celery_fleet import followups, publish, task_metrics, transport
 from celery_fleet.headers import PUBLISHED_AT_HEADER
 
 logger = logging.getLogger("celery_fleet.lifecycle")
@@ -101,6 +101,7 @@ def install(app: Celery) -> None:
     before_task_publish.connect(stamp_published_at, weak=False)
     app.steps["consumer"].add(ProbeFilesStep)
     task_metrics.install(app)  # counts tasks where they run and are published, without task events
+    followups.install(app)  # link/link_error on a queue every worker reads first
 
     def on_worker_ready(**_: Any) -> None:
         # Celery runs its soft-shutdown wait inside the signal handler, before it sends

@@ -85,6 +85,8 @@ def test_dashboard_covers_the_fleet() -> None:
         "celery_task_succeeded_total",
         "celery_task_failed_total",
         "celery_task_runtime_bucket",
+        "celery_task_queue_wait_time_bucket",
+        "celery_fleet_broker_up",
         "celery_active_worker_count",
         "celery_fleet_busy_process_count",
         "kube_deployment_status_replicas",
@@ -365,6 +367,19 @@ def test_celery_exporter_dashboards_count_fleets_of_several_sizes(
 
     wait_until(warmed, timeout=240, interval=3, what="every worker to have run and failed a task")
     settle(prometheus, received=sent, succeeded=sent // 3 + 1, failed=sent * 2 // 3)
+
+    # increase() extrapolates a series by up to half a scrape interval past its first sample,
+    # in proportion to its growth: with every series at least 40 s old that is under 1.3 %.
+    def youngest_series_age() -> float:
+        born = [
+            prometheus.value(
+                f'max(min_over_time(timestamp(celery_task_{m}_total{{job="{MIXIN_JOB}"}})[1h:1s]))'
+            )
+            for m in ("sent", "received", "succeeded", "failed")
+        ]
+        return time.time() - max(b or time.time() for b in born)
+
+    wait_until(lambda: youngest_series_age() >= 40, timeout=90, what="every task series to be 40 s old")
     assert overview.variables()["queue_name"] == "(default)"
     with prometheus.at_last_scrape(MIXIN_JOB):
         before = numbers(overview, by_task)
@@ -384,15 +399,10 @@ def test_celery_exporter_dashboards_count_fleets_of_several_sizes(
     wait_until(counted_work_ran, timeout=120, what="the counted tasks to run")
     # (the two long tasks are running)
     settle(prometheus, received=sent + 16, succeeded=sent // 3 + 11, failed=sent * 2 // 3 + 4)
-    # increase() extrapolates a series' growth by up to half a scrape interval at its start:
-    # with every series 40 s old that is under 0.2 for these counts, so round() is exact.
-    oldest = f'min(min_over_time(timestamp(celery_task_received_total{{job="{MIXIN_JOB}"}})[1h:1s]))'
-    wait_until(lambda: time.time() - (prometheus.value(oldest) or time.time()) >= 40, timeout=60)
     mixin_eventually(lambda: overview.value("Workers Active Tasks") == 2, "Workers Active Tasks == 2")
 
-    # The dashboards' numbers grew by the counted work.  increase() extrapolates each series by
-    # up to half a scrape interval at its start (Prometheus's rule, for celery-exporter's series
-    # as for ours): with the series 40 s old that moves a round()ed panel by at most 1.
+    # The dashboards' numbers grew by the counted work (within the extrapolation above, which
+    # is Prometheus's rule for celery-exporter's series as for ours: at most 1 after round()).
     with prometheus.at_last_scrape(MIXIN_JOB):
         after = numbers(overview, by_task)
     expected = {
@@ -418,8 +428,9 @@ def test_celery_exporter_dashboards_count_fleets_of_several_sizes(
         after["succeeded"] / (after["succeeded"] + after["failed"])
     )
     assert 0.25 <= (overview.value("Average Runtime for Tasks [1w]") or 0) < 1.0  # 0.3 s tasks
-    assert overview.value("Queues") == 3
-    assert overview.by("Queue Length by Queue", "queue_name") == {"default": 0, "exports": 0, "periodic": 121}
+    assert overview.value("Queues") == 4  # the configured three, and the follow-ups the workers read
+    lengths = overview.by("Queue Length by Queue", "queue_name")
+    assert lengths == {"default": 0, "exports": 0, "periodic": 121, "followups": 0}
     # The per-task dashboard, its $task the first task received (its only one here).
     assert by_task.variables()["task"] == "jobs\\\\.tasks\\\\.timed_work"
     # Every panel of the three dashboards shows data, but those that show only counts above 0

@@ -7,7 +7,10 @@ Each view parses and validates the body like ``jobs.views.api_jobs`` and answers
 * ``insert``: the ``Job`` row is created, nothing is published;
 * ``publish``: the task is published exactly as ``submit_job`` does, no row is written;
 * ``publish_plain``: the task is published with neither ``link``/``link_error`` nor a retry
-  policy (what those options cost).
+  policy (what those options cost);
+* ``textbook``: ``Job.objects.create`` + ``task.delay()`` on a Celery app with Celery's
+  defaults (``benchsite.textbook``), served by a gunicorn of its own without celery-fleet's
+  publish hooks (``benchsite.textbook_settings``).
 
 So ``enqueue - insert`` is the broker's share and ``insert - bare`` the database's.
 """
@@ -90,3 +93,17 @@ def publish_plain(request: HttpRequest) -> JsonResponse:
     job_id = str(uuid.uuid4())
     services.TASKS[kind].apply_async(args=(job_id,), task_id=job_id)
     return _accepted(request, uuid.UUID(job_id))
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def textbook(request: HttpRequest) -> JsonResponse:
+    from benchsite.textbook import generate_random_users
+
+    parsed = _parse(request)
+    if isinstance(parsed, JsonResponse):
+        return parsed
+    kind, params = parsed
+    job = Job.objects.create(kind=kind, params=params)
+    generate_random_users.delay(str(job.id))
+    return _accepted(request, job.id)

@@ -82,6 +82,18 @@ VARIANTS = {
             note="presets, no task time limits",
         ),
         Variant(
+            "presets-early-ack",
+            presets=True,
+            overrides={"task_acks_late": False},
+            note="presets, acknowledged on receipt (at-most-once)",
+        ),
+        Variant(
+            "presets-4-priorities",
+            presets=True,
+            overrides={"broker_transport_options": {"priority_steps": [0, 3, 6, 9]}},
+            note="presets, kombu's 4 priority lists instead of 10",
+        ),
+        Variant(
             "presets-no-recycle",
             presets=True,
             overrides={"worker_max_tasks_per_child": None},

@@ -99,8 +99,8 @@ def published_at(raw: bytes | str | None) -> float | None:
     return stamp if stamp > 0 else None
 
 
-#: One round trip, run inside Redis.  KEYS[1] is kombu's ``unacked`` hash; ARGV: stamp
-#: pattern, held limit, key prefix, priority separator, number of steps, the steps, then the
+#: One round trip, run inside Redis.  KEYS[1] is kombu's ``unacked`` hash; ARGV: the stamp's
+#: quoted key, held limit, key prefix, priority separator, number of steps, the steps, then the
 #: queue names (the lists' names are built here: sending 20 queue names instead of 200 list
 #: names keeps the command small; kombu's Redis transport does not run on Redis Cluster).
 #: Per queue it returns the lists' lengths (comma-separated), the oldest publish stamp found
@@ -111,7 +111,7 @@ def published_at(raw: bytes | str | None) -> float | None:
 #: (exchange, routing key), read from the end of each ``[message, exchange, routing_key]``
 #: entry (a negative limit: held messages not read).
 READ_SCRIPT = """
-local pattern = ARGV[1]
+local needle = ARGV[1]
 local held_limit = tonumber(ARGV[2])
 local prefix = ARGV[3]
 local sep = ARGV[4]
@@ -156,7 +156,11 @@ for q = 6 + nsteps, #ARGV do
     lengths[#lengths + 1] = n
     if n > 0 then
       for _, index in ipairs({-1, 0}) do
-        local stamp = tonumber(string.match(redis.call('LINDEX', key, index) or '', pattern) or '')
+        local message = redis.call('LINDEX', key, index) or ''
+        -- A plain find of the quoted header name, then the number after it: 7x faster than
+        -- one pattern over the whole message (Lua's matcher tries every position).
+        local _, last = string.find(message, needle, 1, true)
+        local stamp = last and tonumber(string.match(message, '^%s*:%s*([%d%.eE%+%-]+)', last + 1) or '')
         if stamp and stamp > 0 then
           if oldest == nil or stamp < oldest then
             oldest = stamp
@@ -173,7 +177,8 @@ for q = 6 + nsteps, #ARGV do
 end
 return out
 """
-STAMP_PATTERN = '"' + PUBLISHED_AT_HEADER.replace("-", "%-") + '"%s*:%s*([%d%.eE%+%-]+)'
+#: The stamp's JSON key, quoted (the script finds it, then reads the number after it).
+STAMP_KEY = f'"{PUBLISHED_AT_HEADER}"'
 
 PerQueue = list[tuple[list[int], float | None, bool]]
 
@@ -222,7 +227,7 @@ def _no_script(reply: Any) -> bool:
 def queue_script_call(
     queues: Sequence[str], steps: Sequence[int], key_prefix: str, held_limit: int
 ) -> ScriptCall:
-    args = [STAMP_PATTERN, held_limit, key_prefix, PRIORITY_SEP, len(steps), *steps, *queues]
+    args = [STAMP_KEY, held_limit, key_prefix, PRIORITY_SEP, len(steps), *steps, *queues]
     return ScriptCall(READ_SCRIPT, [f"{key_prefix}{UNACKED_KEY}"], args)
 
 

@@ -82,6 +82,20 @@ VARIANTS = {
             note="presets, no task time limits",
         ),
         Variant(
+            "fleet-no-metrics",
+            presets=True,
+            lifecycle=True,
+            overrides={"fleet_task_metrics": False},
+            note="fleet without the task metrics (what they cost)",
+        ),
+        Variant(
+            "fleet-no-followups",
+            presets=True,
+            lifecycle=True,
+            overrides={"fleet_followup_queue": ""},
+            note="fleet without the follow-up queue (one queue to read, not two)",
+        ),
+        Variant(
             "presets-early-ack",
             presets=True,
             overrides={"task_acks_late": False},

@@ -48,7 +48,7 @@ from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import Celery, bootsteps
 from celery.events.dispatcher import EventDispatcher
@@ -138,16 +138,21 @@ class Batch:
         self._lock = threading.Lock()
         self._ints: Counter[str] = Counter()
         self._floats: defaultdict[str, float] = defaultdict(float)
+        self._histogram_fields: dict[tuple[str, str, str], tuple[list[str], str]] = {}
 
     def count(self, field: str, n: int = 1) -> None:
         with self._lock:
             self._ints[field] += n  # n = 0 makes a series visible at 0
 
     def observe(self, metric: str, name: str, queue: str, seconds: float) -> None:
+        fields = self._histogram_fields.get((metric, name, queue))
+        if fields is None:
+            buckets = [bucket_field(metric, name, queue, i) for i in range(len(HISTOGRAMS[metric]))]
+            fields = self._histogram_fields[(metric, name, queue)] = (buckets, sum_field(metric, name, queue))
         index = bisect.bisect_left(HISTOGRAMS[metric], seconds)  # first bucket with le >= seconds
         with self._lock:
-            self._ints[bucket_field(metric, name, queue, index)] += 1
-            self._floats[sum_field(metric, name, queue)] += seconds
+            self._ints[fields[0][index]] += 1
+            self._floats[fields[1]] += seconds
 
     def take(self) -> tuple[Counter[str], dict[str, float]]:
         with self._lock:
@@ -231,8 +236,7 @@ class Flusher:
             return True
 
 
-@dataclass(frozen=True)
-class _Task:
+class _Task(NamedTuple):
     name: str
     queue: str
     published_at: float | None
@@ -240,14 +244,17 @@ class _Task:
 
 
 class TaskRecorder:
-    """Counts one worker's task events (its main process), as celery-exporter counts them."""
+    """Counts one worker's task events, as celery-exporter counts them.
+
+    Called from the worker's main thread only (its dispatcher and ``task_received`` both run
+    there), so it keeps no lock of its own; :class:`Batch` locks against the flusher thread.
+    """
 
     def __init__(self, batch: Batch, *, max_tracked: int = 10_000) -> None:
         self.batch = batch
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
-        self._seen: set[tuple[str, str]] = set()
+        self._fields: dict[tuple[str, str, str], str] = {}  # (event, name, queue) -> counter field
         self._max_tracked = max_tracked
-        self._lock = threading.Lock()
 
     def on_received(self, request: Any) -> None:
         """``task_received``: remember what later events of this task need (they carry only its id)."""
@@ -260,11 +267,10 @@ class TaskRecorder:
             published_at=float(stamp) if isinstance(stamp, int | float) and stamp > 0 else None,
             eta=eta.timestamp() if isinstance(eta, datetime) else None,
         )
-        with self._lock:
-            self._tasks[str(request.id)] = task
-            self._tasks.move_to_end(str(request.id))
-            while len(self._tasks) > self._max_tracked:
-                self._tasks.popitem(last=False)
+        tasks = self._tasks
+        tasks[str(request.id)] = task
+        if len(tasks) > self._max_tracked:  # events that never came (a lost connection): forget
+            tasks.popitem(last=False)
 
     def on_event(self, event_type: str, fields: Mapping[str, Any]) -> None:
         """One ``task-*`` event as the worker's dispatcher gets it."""
@@ -272,21 +278,23 @@ class TaskRecorder:
         if event not in WORKER_EVENTS:
             return
         uuid = str(fields.get("uuid", ""))
-        with self._lock:
-            task = self._tasks.pop(uuid, None) if event in _FINAL_EVENTS else self._tasks.get(uuid)
+        task = self._tasks.pop(uuid, None) if event in _FINAL_EVENTS else self._tasks.get(uuid)
         if task is None:
             task = _Task(str(fields.get("name") or UNKNOWN), UNKNOWN, None, None)
         name, queue = task.name, task.queue
-        if (name, queue) not in self._seen:
-            # Every counter of a task visible at 0 from its first event, as celery-exporter does,
-            # so increase() sees the first success or failure.
-            self._seen.add((name, queue))
-            for other in WORKER_EVENTS:
-                self.batch.count(counter_field(other, name, queue), 0)
+        field = self._fields.get((event, name, queue))
+        if field is None:
+            if (WORKER_EVENTS[0], name, queue) not in self._fields:
+                # Every counter of a task visible at 0 from its first event, as celery-exporter
+                # does, so increase() sees the first success or failure.
+                for other in WORKER_EVENTS:
+                    self.batch.count(counter_field(other, name, queue), 0)
+                    self._fields[(other, name, queue)] = counter_field(other, name, queue)
+            field = self._fields[(event, name, queue)]
         if event == "failed":
             self.batch.count(counter_field(event, name, queue, exception_class(fields.get("exception"))))
         else:
-            self.batch.count(counter_field(event, name, queue))
+            self.batch.count(field)
         if event == "started" and task.published_at is not None:
             began = max(task.published_at, task.eta or 0.0)
             # Clock skew between publisher and worker can make it negative.
@@ -309,7 +317,7 @@ class RecordingDispatcher(EventDispatcher):
 
     def send(self, type: str, *args: Any, **fields: Any) -> Any:
         recorder = self.recorder
-        if recorder is not None and type.startswith("task-"):
+        if recorder is not None and type[:5] == "task-":
             try:
                 recorder.on_event(type, fields)
             except Exception:  # metrics must never fail a task's bookkeeping

@@ -124,7 +124,8 @@ def celery_exporter_python(source: Path | None) -> tuple[Path, str]:
             checkout.mkdir(parents=True, exist_ok=True)
             archive = subprocess.run([*git, "archive", sha], capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
-        python = ensure_venv(venv.name, [[str(checkout)]])
+        # kombu's Redis transport also needs `packaging` (its [redis] extra, not in their pins).
+        python = ensure_venv(venv.name, [[str(checkout)], ["packaging"]])
         return python, f"celery-exporter {sha[:10]} (source)"
     requirements = ["arrow", "celery[redis]>=5.5,<6", "click", "Flask", "loguru", "pretty-errors"]
     requirements += ["prometheus-client==0.26.*", "redis>=8,<9", "timy", "waitress"]

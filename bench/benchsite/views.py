@@ -53,15 +53,19 @@ def bare(request: HttpRequest) -> JsonResponse:
     return _accepted(request, uuid.uuid4())
 
 
-@csrf_exempt
-@require_http_methods(["POST"])
-def insert(request: HttpRequest) -> JsonResponse:
+def _insert(request: HttpRequest) -> Job | JsonResponse:
     parsed = _parse(request)
     if isinstance(parsed, JsonResponse):
         return parsed
     kind, params = parsed
-    job = Job.objects.create(kind=kind, params=params)
-    return _accepted(request, job.id)
+    return Job.objects.create(kind=kind, params=params)
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def insert(request: HttpRequest) -> JsonResponse:
+    job = _insert(request)
+    return job if isinstance(job, JsonResponse) else _accepted(request, job.id)
 
 
 @csrf_exempt
@@ -100,10 +104,8 @@ def publish_plain(request: HttpRequest) -> JsonResponse:
 def textbook(request: HttpRequest) -> JsonResponse:
     from benchsite.textbook import generate_random_users
 
-    parsed = _parse(request)
-    if isinstance(parsed, JsonResponse):
-        return parsed
-    kind, params = parsed
-    job = Job.objects.create(kind=kind, params=params)
+    job = _insert(request)  # Job.objects.create(...), as insert
+    if isinstance(job, JsonResponse):
+        return job
     generate_random_users.delay(str(job.id))
     return _accepted(request, job.id)

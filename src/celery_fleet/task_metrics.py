@@ -45,7 +45,7 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -484,8 +484,3 @@ def install(app: Celery) -> None:
         after_task_publish.connect(_on_task_published, weak=False)
         worker_process_shutdown.connect(lambda **_: flush_publishers(), weak=False)
         atexit.register(flush_publishers)
-
-
-def source_hostnames(sources: Sequence[str]) -> list[str]:
-    """The worker node names among ``sources``."""
-    return [s.removeprefix(WORKER_SOURCE) for s in sources if s.startswith(WORKER_SOURCE)]

@@ -8,17 +8,23 @@ One real redis-server is filled (pipelined ``RPUSH``) with real Celery protocol-
 long task (late acks, prefetch 1) and keeps running it, so they stay connected and
 answer control commands while the queues stay full.  Then, side by side in the same run:
 
-* **celery-fleet** - ``celery-fleet exporter`` (one pipeline of LLEN/LINDEX, HSCAN of unacked);
-* **celery-exporter** - danihodovic/celery-exporter 0.11.2 (PyPI ``prometheus-exporter-celery``),
-  which runs broadcast ``inspect stats`` and ``inspect active_queues`` on every scrape;
+* **celery-fleet** - ``celery-fleet exporter``: one round trip (the queue script and the task
+  totals in one pipeline), reporting waiting, held, oldest age, workers and task series;
+* **bare LLEN** - ``bench/exporter_baseline.py``, the limit: the same client library and HTTP
+  server, one pipelined ``LLEN`` per list and nothing else (waiting only);
+* **celery-exporter** - danihodovic/celery-exporter built from its source (``--celery-exporter-src``,
+  a checkout or bare git dir: by default the one ``fetch github:danihodovic/celery-exporter`` put
+  under /work/.mirror; else PyPI ``prometheus-exporter-celery``), which runs broadcast ``inspect
+  stats`` and ``inspect active_queues`` on every scrape;
 * **celery-redis-prometheus** 2.0 (``celery -A app prometheus --queue-length``).
 
-Each is scraped in turn (``GET /metrics`` on a kept-alive connection, one exporter after the
-other) and the table shows p50/p99 scrape time, the CPU one scrape costs in the exporter and
-in the workers (broadcast inspect), and the waiting messages it reports against the truth.  The other two
-exporters live in their own venvs under ``.cache/bench-venvs`` (created on first use:
-``pip install --no-deps prometheus-exporter-celery`` plus its requirements with redis-py 8
-and prometheus-client 0.26; ``pip install celery-redis-prometheus==2.0.*``).
+celery-fleet and the baseline are scraped alternately (``GET /metrics`` on kept-alive
+connections, one scrape each in turn), so the machine's load hits both alike; the others one
+after the other.  The table shows p50/p99 scrape time, the CPU one scrape costs in the
+exporter and in the workers (broadcast inspect), and the waiting messages each reports against
+the truth, then the goals: celery-fleet's p99 <= 1.5x the baseline's, and >= 100x faster than
+celery-exporter.  The other exporters live in their own venvs under ``.cache/bench-venvs``
+(created on first use; celery-exporter's with the pins of its own ``pyproject.toml``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ OUT_DIR = BENCH_DIR / "out"
 VENVS = REPO / ".cache" / "bench-venvs"
 PRIORITIES = (0, 3, 6, 9)
 SEP = "\x06\x16"
+BASELINE = "bare LLEN (limit)"
+CELERY_EXPORTER_MIRROR = Path("/work/.mirror/danihodovic+celery-exporter/repo")
+P99_GOAL = 1.5
+SPEEDUP_GOAL = 100.0
 
 APP_MODULE = """
 import os, time
@@ -99,6 +109,30 @@ def ensure_venv(name: str, install: list[list[str]]) -> Path:
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *args], check=True)
     marker.touch()
     return python
+
+
+def celery_exporter_python(source: Path | None) -> tuple[Path, str]:
+    """celery-exporter's venv: built from ``source`` (a checkout or a bare git dir) with its own
+    pins, else PyPI's 0.11.2 with redis-py 8 (its pins, redis<6, clash with kombu 5.7)."""
+    if source is not None and source.exists():
+        git = ["git", "--git-dir", str(source)] if (source / "HEAD").is_file() else ["git", "-C", str(source)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        sha = commit.stdout.strip()
+        venv = VENVS / f"celery-exporter-{sha[:10]}"
+        checkout = venv / "src-checkout"
+        if not (venv / ".installed").exists():
+            checkout.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run([*git, "archive", sha], capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
+        # kombu's Redis transport also needs `packaging` (its [redis] extra, not in their pins).
+        python = ensure_venv(venv.name, [[str(checkout)], ["packaging"]])
+        return python, f"celery-exporter {sha[:10]} (source)"
+    requirements = ["arrow", "celery[redis]>=5.5,<6", "click", "Flask", "loguru", "pretty-errors"]
+    requirements += ["prometheus-client==0.26.*", "redis>=8,<9", "timy", "waitress"]
+    python = ensure_venv(
+        "celery-exporter", [["--no-deps", "prometheus-exporter-celery==0.11.2"], requirements]
+    )
+    return python, "celery-exporter 0.11.2 (PyPI)"
 
 
 def fill(client: redis.Redis, app_dir: Path, url: str, queues: int, messages: int) -> dict[str, int]:
@@ -189,7 +223,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--scrapes", type=int, default=200, help="scrapes of celery-fleet's exporter")
     parser.add_argument("--budget", type=float, default=90.0, help="seconds of scraping per other exporter")
-    parser.add_argument("--only-ours", action="store_true", help="skip the other two exporters")
+    parser.add_argument(
+        "--only-ours", action="store_true", help="only celery-fleet and the bare LLEN baseline"
+    )
+    parser.add_argument(
+        "--celery-exporter-src",
+        type=Path,
+        default=CELERY_EXPORTER_MIRROR,
+        help="celery-exporter's source (a checkout or bare git dir); missing: PyPI's release",
+    )
     parser.add_argument(
         "--plot", nargs="?", const="exporter-scrape.png", default=None, help="write a PNG to bench/out/"
     )
@@ -239,21 +281,20 @@ def main() -> None:
 
             ours = [sys.executable, "-m", "celery_fleet.cli", "exporter", "--broker-url", server.url]
             ours += ["--queues", queues, "--host", "127.0.0.1"]
-            targets = [Target("celery-fleet", ours, free_port(), env, "queue_name")]
+            bare = [sys.executable, str(BENCH_DIR / "exporter_baseline.py"), "--broker-url", server.url]
+            bare += ["--queues", queues, "--host", "127.0.0.1"]
+            targets = [
+                Target("celery-fleet", ours, free_port(), env, "queue_name"),
+                Target(BASELINE, bare, free_port(), env, "queue_name"),
+            ]
             if not args.only_ours:
-                requirements = ["arrow", "celery[redis]>=5.5,<6", "click", "Flask", "loguru", "pretty-errors"]
-                requirements += ["prometheus-client==0.26.*", "redis>=8,<9", "timy", "waitress"]
-                ce_python = ensure_venv(
-                    "celery-exporter", [["--no-deps", "prometheus-exporter-celery==0.11.2"], requirements]
-                )
+                ce_python, ce_name = celery_exporter_python(args.celery_exporter_src)
                 crp_python = ensure_venv(
                     "celery-redis-prometheus", [["celery-redis-prometheus==2.0.*", "celery[redis]>=5.5,<6"]]
                 )
                 theirs = [str(ce_python), "-c", "from src.cli import cli; cli()", "--broker-url", server.url]
                 targets.append(
-                    Target(
-                        "celery-exporter", [*theirs, "--host", "127.0.0.1"], free_port(), env, "queue_name"
-                    )
+                    Target(ce_name, [*theirs, "--host", "127.0.0.1"], free_port(), env, "queue_name")
                 )
                 crp = [str(crp_python), "-m", "celery", "-A", "benchapp", "prometheus", "--queue-length"]
                 targets.append(
@@ -280,26 +321,30 @@ def main() -> None:
                 for _ in range(3):  # warm up
                     scrape(target)
 
-            # One exporter at a time, so the CPU its scrapes cost (in the exporter and, through
-            # broadcast inspect, in the workers) is its own.
+            # celery-fleet and the baseline alternate, scrape by scrape; then the others one at a
+            # time, so the CPU their scrapes cost (in the exporter and, through broadcast
+            # inspect, in the workers) is their own.
             workers = [psutil.Process(p.pid) for p in processes if p.name.startswith("worker")]
-            for target in targets:
-                assert target.process is not None
-                exporter_cpu = cpu_seconds([psutil.Process(target.process.pid)])
+            rounds = [targets[:2], *([t] for t in targets[2:])]
+            for group in rounds:
+                before = {t.name: cpu_seconds([psutil.Process(t.process.pid)]) for t in group if t.process}
                 workers_cpu = cpu_seconds(workers)
                 began = time.monotonic()
-                while len(target.timings) < args.scrapes:
-                    if target.name != "celery-fleet" and time.monotonic() - began > args.budget:
+                while len(group[0].timings) < args.scrapes:
+                    if len(group) == 1 and time.monotonic() - began > args.budget:
                         break
-                    target.timings.append(scrape(target))
-                scrapes = max(1, len(target.timings))
-                target.exporter_cpu_ms = (
-                    cpu_seconds([psutil.Process(target.process.pid)]) - exporter_cpu
-                ) * 1000
-                target.exporter_cpu_ms /= scrapes
-                target.workers_cpu_ms = (cpu_seconds(workers) - workers_cpu) * 1000 / scrapes
-                target.load = os.getloadavg()[0]
-
+                    for target in group:
+                        target.timings.append(scrape(target))
+                for target in group:
+                    assert target.process is not None
+                    scrapes = max(1, len(target.timings))
+                    target.exporter_cpu_ms = (
+                        (cpu_seconds([psutil.Process(target.process.pid)]) - before[target.name])
+                        * 1000
+                        / scrapes
+                    )
+                    target.workers_cpu_ms = (cpu_seconds(workers) - workers_cpu) * 1000 / scrapes / len(group)
+                    target.load = os.getloadavg()[0]
             print()
             print(
                 f"{args.queues} queues x {len(PRIORITIES)} priorities, {truth:,} messages "
@@ -322,6 +367,7 @@ def main() -> None:
                 "CPU ms/scrape: the exporter's CPU time per scrape; workers CPU: the workers' CPU per scrape"
             )
             print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+            print_goals(targets)
             if args.plot:
                 plot(targets, args.plot, truth)
             summary = {
@@ -343,6 +389,19 @@ def main() -> None:
             for process in reversed(processes):
                 process.stop(timeout=15)
             server.stop()
+
+
+def print_goals(targets: list[Target]) -> None:
+    by_name = {t.name: t for t in targets}
+    ours, bare = by_name["celery-fleet"], by_name[BASELINE]
+    ratio = percentile(ours.timings, 0.99) / percentile(bare.timings, 0.99)
+    verdict = "meets" if ratio <= P99_GOAL else "misses"
+    print(f"goal: celery-fleet p99 <= {P99_GOAL}x the bare LLEN collector's: {ratio:.2f}x, {verdict}")
+    for name, target in by_name.items():
+        if name.startswith("celery-exporter") and target.timings:
+            speedup = statistics.median(target.timings) / statistics.median(ours.timings)
+            verdict = "meets" if speedup >= SPEEDUP_GOAL else "misses"
+            print(f"goal: celery-fleet >= {SPEEDUP_GOAL:.0f}x faster than {name}: {speedup:,.0f}x, {verdict}")
 
 
 def plot(targets: list[Target], name: str, truth: int) -> None:

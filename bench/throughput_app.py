@@ -45,7 +45,10 @@ def celery_settings(
         namespaced = safe_delivery_settings(broker_url=broker_url, timings=Timings())
         conf = {name.removeprefix("CELERY_").lower(): value for name, value in namespaced.items()}
     conf["task_default_queue"] = QUEUE
-    conf.update(overrides or {})
+    for name, value in (overrides or {}).items():  # a dict (transport options) is merged, not replaced
+        conf[name] = (
+            {**conf[name], **value} if isinstance(value, dict) and isinstance(conf.get(name), dict) else value
+        )
     return conf
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,13 +11,11 @@ import redis
 from celery_fleet.autoscale.deletion_cost import (
     ANNOTATION,
     DeletionCostController,
-    EventListener,
-    WorkerActivity,
     deletion_cost,
-    host_of,
     plan_patches,
     pod_for_hostname,
 )
+from celery_fleet.event_stream import EventStream, WorkerTable
 from celery_fleet.local.waiting import wait_until
 from tests.support.fleet import Fleet
 from tests.support.ledger import enqueue_timed_work
@@ -50,11 +47,6 @@ def test_worker_hostname_maps_to_its_pod(hostname: str, pods: list[str], pod: st
     assert pod_for_hostname(hostname, pods) == pod
 
 
-def test_host_of() -> None:
-    assert host_of("celery@pod-a") == "pod-a"
-    assert host_of("a@b@pod-b") == "pod-b"
-
-
 def test_plan_patches_only_what_changed() -> None:
     pods = {"w-a": "0", "w-b": None, "w-c": "1", "w-d": "1"}
     active = {"celery@w-a": 2, "celery@w-b": 0, "celery@w-c": 1, "celery@w-d": None, "celery@gone": 3}
@@ -73,19 +65,19 @@ class Clock:
 
 def test_activity_from_heartbeats_and_task_events() -> None:
     clock = Clock()
-    activity = WorkerActivity(clock)
-    assert activity.silent_for() is None
-    activity.on_event({"type": "worker-heartbeat", "hostname": "celery@a", "active": 0})
-    activity.on_event({"type": "worker-heartbeat", "hostname": "celery@b", "active": 2})
-    activity.on_event({"type": "task-started", "hostname": "celery@a", "uuid": "x"})
-    assert activity.snapshot() == {"celery@a": 1, "celery@b": 2}
+    workers = WorkerTable(clock=clock)
+    assert workers.silent_for() is None
+    workers.on_event({"type": "worker-heartbeat", "hostname": "celery@a", "active": 0})
+    workers.on_event({"type": "worker-heartbeat", "hostname": "celery@b", "active": 2})
+    workers.on_event({"type": "task-started", "hostname": "celery@a", "uuid": "x"})
+    assert workers.active_by_hostname() == {"celery@a": 1, "celery@b": 2}
     clock.now += 20
-    activity.on_event({"type": "worker-heartbeat", "hostname": "celery@a", "active": 0})
-    assert activity.snapshot(stale_after=15) == {"celery@a": 0, "celery@b": None}
-    activity.on_event({"type": "worker-offline", "hostname": "celery@b"})
-    assert activity.snapshot() == {"celery@a": 0}
-    activity.on_event({"type": "worker-heartbeat"})  # no hostname: ignored
-    assert activity.silent_for() == 0.0
+    workers.on_event({"type": "worker-heartbeat", "hostname": "celery@a", "active": 0})
+    assert workers.active_by_hostname() == {"celery@a": 0, "celery@b": None}  # b's beat is stale
+    workers.on_event({"type": "worker-offline", "hostname": "celery@b"})
+    assert workers.active_by_hostname() == {"celery@a": 0, "celery@b": None}  # gone, not busy
+    workers.on_event({"type": "worker-heartbeat"})  # no hostname: ignored, but the stream is alive
+    assert workers.silent_for() == 0.0
 
 
 class RecordingCoreV1:
@@ -114,12 +106,12 @@ class RecordingCoreV1:
 
 def test_reconcile_patches_changes_and_holds_still_when_events_stop() -> None:
     clock = Clock()
-    activity = WorkerActivity(clock)
+    workers = WorkerTable(clock=clock)
     api = RecordingCoreV1({"w-a": None, "w-b": None})
-    controller = DeletionCostController(api, "ns", "component=worker", activity)
+    controller = DeletionCostController(api, "ns", "component=worker", workers)
     assert controller.reconcile() == {}  # no events ever: nothing is known, nothing written
-    activity.on_event({"type": "worker-heartbeat", "hostname": "celery@w-a", "active": 1})
-    activity.on_event({"type": "worker-heartbeat", "hostname": "celery@w-b", "active": 0})
+    workers.on_event({"type": "worker-heartbeat", "hostname": "celery@w-a", "active": 1})
+    workers.on_event({"type": "worker-heartbeat", "hostname": "celery@w-b", "active": 0})
     assert controller.reconcile() == {"w-a": "1", "w-b": "0"}
     assert api.patches[0] == ("w-a", "ns", {"metadata": {"annotations": {ANNOTATION: "1"}}})
     assert controller.reconcile() == {}  # unchanged: no patch
@@ -131,23 +123,30 @@ def test_reconcile_patches_changes_and_holds_still_when_events_stop() -> None:
 @pytest.mark.slow
 def test_real_worker_heartbeats_report_running_tasks(fleet: Fleet, redis_client: redis.Redis) -> None:
     broker_url = fleet.env["CELERY_BROKER_URL"]
-    activity = WorkerActivity()
-    listener = EventListener(broker_url, activity).start()
+    workers = WorkerTable()
+    listener = EventStream(broker_url, [workers.on_event])
+    listener.start()
     try:
         fleet.start_worker(("default",), name="busy")
         host = "busy@test"
         wait_until(
-            lambda: activity.snapshot().get(host) == 0, timeout=60, what="an idle heartbeat from the worker"
+            lambda: workers.active_by_hostname().get(host) == 0,
+            timeout=60,
+            what="an idle heartbeat from the worker",
         )
         enqueue_timed_work(broker_url, [("cost-1", 6.0)])
         wait_until(
-            lambda: activity.snapshot().get(host) == 1, timeout=30, what="the worker to report a running task"
+            lambda: workers.active_by_hostname().get(host) == 1,
+            timeout=30,
+            what="the worker to report a running task",
         )
-        costs = plan_patches({"test": "0"}, activity.snapshot())
+        costs = plan_patches({"test": "0"}, workers.active_by_hostname())
         assert costs == {"test": "1"}
-        wait_until(lambda: activity.snapshot().get(host) == 0, timeout=30, what="the worker to be idle again")
+        wait_until(
+            lambda: workers.active_by_hostname().get(host) == 0,
+            timeout=30,
+            what="the worker to be idle again",
+        )
     finally:
-        done = threading.Thread(target=listener.stop)
-        done.start()
-        done.join(timeout=15)
-    assert not done.is_alive()
+        listener.stop(timeout=15)
+    assert not listener.is_alive()

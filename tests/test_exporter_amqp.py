@@ -8,11 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from kombu import Connection, Exchange, Queue
 
 from celery_fleet.exporter.amqp_accounting import AmqpAccounting
 from celery_fleet.local.processes import ManagedProcess, file_sink
+from celery_fleet.local.redis_server import RedisServer
 from celery_fleet.local.waiting import free_port, wait_until
+from celery_fleet.task_metrics import Batch, Flusher, counter_field
 from tests.support.rabbitmq import RabbitMQServer, rabbitmq_binary
 
 
@@ -59,13 +62,20 @@ def test_passive_declare_counts_messages_and_consumers(rabbitmq: RabbitMQServer)
         accounting.close()
 
 
-def test_exporter_serves_queue_length_from_rabbitmq(rabbitmq: RabbitMQServer, tmp_path: Path) -> None:
+def test_exporter_serves_queue_length_from_rabbitmq(
+    rabbitmq: RabbitMQServer, redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     publish(rabbitmq.url, "amqp-exports", 7)
+    # A RabbitMQ fleet's workers write their task totals to a Redis of its own.
+    batch = Batch()
+    batch.count(counter_field("succeeded", "t.add", "amqp-exports"), 4)
+    assert Flusher(batch, redis_server.url, "worker:celery@pod-r").flush()
     port = free_port()
     exporter = ManagedProcess(
         "exporter",
         [sys.executable, "-m", "celery_fleet.cli", "exporter", "--broker-url", rabbitmq.url,
-         "--queues", "amqp-exports,amqp-empty", "--port", str(port), "--host", "127.0.0.1"],
+         "--queues", "amqp-exports,amqp-empty", "--port", str(port), "--host", "127.0.0.1",
+         "--metrics-url", redis_server.url],
         sink=file_sink(tmp_path / "exporter.log"),
     ).start()  # fmt: skip
     try:
@@ -80,7 +90,9 @@ def test_exporter_serves_queue_length_from_rabbitmq(rabbitmq: RabbitMQServer, tm
         assert 'celery_queue_length{queue_name="amqp-exports"} 7.0' in text
         assert 'celery_queue_length{queue_name="amqp-empty"} 0.0' in text
         assert 'celery_active_consumer_count{queue_name="amqp-exports"} 0.0' in text
-        assert "celery_fleet_exporter_broker_up 1.0" in text
+        assert "celery_fleet_broker_up 1.0" in text
+        succeeded = 'celery_task_succeeded_total{hostname="pod-r",name="t.add",queue_name="amqp-exports"} 4.0'
+        assert succeeded in text
         # Redis-only series are not invented for RabbitMQ.
         assert "celery_fleet_queue_oldest_age_seconds" not in text
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -12,6 +15,7 @@ from click.testing import CliRunner
 
 from celery_fleet.cli import main
 from celery_fleet.local.processes import ManagedProcess, file_sink
+from celery_fleet.local.redis_server import RedisServer
 from celery_fleet.local.waiting import free_port, wait_until
 
 
@@ -26,6 +30,9 @@ def test_bad_options_are_refused_with_the_reason() -> None:
     port = runner.invoke(main, ["exporter", "--port", "70000"])
     assert port.exit_code == 2
     assert "70000" in port.output
+    metrics = runner.invoke(main, ["exporter", "--metrics-url", "amqp://localhost"])
+    assert metrics.exit_code == 2
+    assert "task totals live in Redis" in metrics.output
 
 
 def test_options_come_from_the_environment() -> None:
@@ -67,7 +74,7 @@ def test_unreachable_broker_leaves_queue_series_out(tmp_path: Path) -> None:
             timeout=60,
             what="the exporter to answer",
         )
-        assert "celery_fleet_exporter_broker_up 0.0" in text
+        assert "celery_fleet_broker_up 0.0" in text
         assert "celery_queue_length{" not in text
         assert "celery_fleet_queue_backlog{" not in text
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=20).json()
@@ -75,3 +82,35 @@ def test_unreachable_broker_leaves_queue_series_out(tmp_path: Path) -> None:
         assert health["events_connected"] is False
     finally:
         exporter.stop(timeout=20)
+
+
+def test_a_hung_broker_is_reported_down_within_two_seconds(tmp_path: Path) -> None:
+    """SIGSTOP: the broker's socket accepts and never answers; Prometheus must still get a scrape."""
+    broker = RedisServer(data_dir=tmp_path / "redis", port=free_port(), appendonly=False).start()
+    port = free_port()
+    exporter = ManagedProcess(
+        "exporter",
+        [sys.executable, "-m", "celery_fleet.cli", "exporter", "--host", "127.0.0.1", "--port", str(port),
+         "--broker-url", broker.url, "--queues", "default"],
+        sink=file_sink(tmp_path / "exporter.log"),
+    ).start()  # fmt: skip
+    assert broker.process is not None
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_until(lambda: "celery_fleet_broker_up 1.0" in httpx.get(url, timeout=20).text, timeout=60)
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        took = []
+        for _ in range(3):
+            began = time.monotonic()
+            text = httpx.get(url, timeout=10).text
+            took.append(time.monotonic() - began)
+            assert "celery_fleet_broker_up 0.0" in text
+            assert 'celery_queue_length{queue_name="default"}' not in text  # no false 0 backlog
+        print(f"scrapes with the broker hung took {took} s")
+        assert max(took) < 2.0, f"scrapes took {took} with the broker hung (load {os.getloadavg()})"
+        os.kill(broker.process.pid, signal.SIGCONT)
+        wait_until(lambda: "celery_fleet_broker_up 1.0" in httpx.get(url, timeout=20).text, timeout=30)
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+        exporter.stop(timeout=20)
+        broker.stop()

@@ -155,9 +155,9 @@ def test_held_reading_is_capped(app: Celery, connection: Connection, redis_clien
     assert capped.truncated
     assert 100 <= capped.total < 300
     # One round trip reads all 300; over the limit the scrape falls back to the capped scan.
-    stats, held = read_queues(redis_client, ["default"], held_limit=1000)
+    stats, held, _ = read_queues(redis_client, ["default"], held_limit=1000)
     assert (stats["default"].held, held.truncated) == (300, False)
-    stats, held = read_queues(redis_client, ["default"], held_limit=100)
+    stats, held, _ = read_queues(redis_client, ["default"], held_limit=100)
     assert held.truncated
     assert 100 <= stats["default"].held < 300
 

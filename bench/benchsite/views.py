@@ -7,7 +7,10 @@ Each view parses and validates the body as ``jobs.api.submit`` does (``jobs.vali
 * ``insert``: the ``Job`` row is created, nothing is published;
 * ``publish``: the task is published exactly as ``submit_job`` does, no row is written;
 * ``publish_plain``: the task is published with neither ``link``/``link_error`` nor a retry
-  policy (what those options cost).
+  policy (what those options cost);
+* ``textbook``: ``Job.objects.create`` + ``task.delay()`` on a Celery app with Celery's
+  defaults (``benchsite.textbook``), served by a gunicorn of its own without celery-fleet's
+  publish hooks (``benchsite.textbook_settings``).
 
 So ``enqueue - insert`` is the broker's share and ``insert - bare`` the database's.
 """
@@ -49,15 +52,19 @@ def bare(request: HttpRequest) -> JsonResponse:
     return _accepted(request, uuid.uuid4())
 
 
-@csrf_exempt
-@require_http_methods(["POST"])
-def insert(request: HttpRequest) -> JsonResponse:
+def _insert(request: HttpRequest) -> Job | JsonResponse:
     parsed = _parse(request)
     if isinstance(parsed, JsonResponse):
         return parsed
     kind, params = parsed
-    job = Job.objects.create(kind=kind, params=params)
-    return _accepted(request, job.id)
+    return Job.objects.create(kind=kind, params=params)
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def insert(request: HttpRequest) -> JsonResponse:
+    job = _insert(request)
+    return job if isinstance(job, JsonResponse) else _accepted(request, job.id)
 
 
 @csrf_exempt
@@ -89,3 +96,15 @@ def publish_plain(request: HttpRequest) -> JsonResponse:
     job_id = str(uuid.uuid4())
     services.TASKS[kind].apply_async(args=(job_id,), task_id=job_id)
     return _accepted(request, uuid.UUID(job_id))
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def textbook(request: HttpRequest) -> JsonResponse:
+    from benchsite.textbook import generate_random_users
+
+    job = _insert(request)  # Job.objects.create(...), as insert
+    if isinstance(job, JsonResponse):
+        return job
+    generate_random_users.delay(str(job.id))
+    return _accepted(request, job.id)

@@ -28,7 +28,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import before_task_publish, worker_ready
 
-from celery_fleet import transport
+from celery_fleet import followups, publish, task_metrics, transport
 from celery_fleet.headers import PUBLISHED_AT_HEADER
 
 logger = logging.getLogger("celery_fleet.lifecycle")
@@ -97,8 +97,11 @@ class ProbeFilesStep(bootsteps.StartStopStep):
 def install(app: Celery) -> None:
     """Hook celery-fleet's lifecycle into a Celery app (call once, next to ``Celery(...)``)."""
     transport.install()
+    publish.install()  # one round trip per enqueue on Redis
     before_task_publish.connect(stamp_published_at, weak=False)
     app.steps["consumer"].add(ProbeFilesStep)
+    task_metrics.install(app)  # counts tasks where they run and are published, without task events
+    followups.install(app)  # link/link_error on a queue every worker reads first
 
     def on_worker_ready(**_: Any) -> None:
         # Celery runs its soft-shutdown wait inside the signal handler, before it sends

@@ -71,9 +71,12 @@ def safe_delivery_settings(broker_url: str, timings: Timings) -> dict[str, Any]:
         "CELERY_TASK_IGNORE_RESULT": True,
         # Report STARTED so the monitoring events and job pages can tell queued from running.
         "CELERY_TASK_TRACK_STARTED": True,
-        # Send task events so the exporter can count sent/received/started/succeeded/failed.
-        "CELERY_WORKER_SEND_TASK_EVENTS": True,
-        "CELERY_TASK_SEND_SENT_EVENT": True,
+        # No task events: each is a broker publish of its own (three or more per task, half a
+        # small task's throughput).  Workers count their tasks themselves and hand the totals
+        # over in batches (celery_fleet.task_metrics, hooked by lifecycle.install); worker
+        # heartbeats still flow.  Flower users turn both back on (docs/metrics.md).
+        "CELERY_WORKER_SEND_TASK_EVENTS": False,
+        "CELERY_TASK_SEND_SENT_EVENT": False,
         # Declare unknown queues on demand so a new queue group needs no broker setup.
         "CELERY_TASK_CREATE_MISSING_QUEUES": True,
         # Restart pool processes now and then so a leak in a task cannot grow forever.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,12 @@ class PrometheusServer:
     targets: dict[str, str]  # job name -> host:port
     rule_files: Sequence[Path] = ()
     scrape_interval: str = "1s"
+    #: Labels every target gets, as service discovery gives them (``namespace``, ``cluster``).
+    target_labels: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: Instant queries are evaluated at this time when set (``None``: now).
+    evaluation_time: float | None = None
 
     @property
     def url(self) -> str:
@@ -43,7 +49,11 @@ class PrometheusServer:
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [
-                {"job_name": job, "scrape_timeout": "900ms", "static_configs": [{"targets": [target]}]}
+                {
+                    "job_name": job,
+                    "scrape_timeout": "900ms",
+                    "static_configs": [{"targets": [target], "labels": dict(self.target_labels)}],
+                }
                 for job, target in self.targets.items()
             ],
         }
@@ -92,7 +102,10 @@ class PrometheusServer:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query; raises with Prometheus's error text on a bad expression."""
-        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        params: dict[str, Any] = {"query": expr}
+        if self.evaluation_time is not None:
+            params["time"] = self.evaluation_time
+        response = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=10)
         body = response.json()
         if body.get("status") != "success":
             raise AssertionError(f"query failed: {body.get('errorType')}: {body.get('error')}\n{expr}")
@@ -106,6 +119,28 @@ class PrometheusServer:
             return None
         assert len(result) == 1, f"{expr} selects {len(result)} series: {result}"
         return float(result[0]["value"][1])
+
+    @contextmanager
+    def at_last_scrape(self, job: str) -> Iterator[float]:
+        """Evaluate at the job's last scrape: no extrapolation past the newest samples."""
+        stamp = self.value(f'timestamp(up{{job="{job}"}})')
+        assert stamp is not None, f"no scrape of {job} yet"
+        self.evaluation_time = stamp
+        try:
+            yield stamp
+        finally:
+            self.evaluation_time = None
+
+    def label_values(self, label: str, match: str | None = None) -> list[str]:
+        """Grafana's ``label_values(match, label)``: the label's values on series matching ``match``."""
+        params: dict[str, Any] = {"start": time.time() - 3600}
+        if match:
+            params["match[]"] = match
+        response = httpx.get(f"{self.url}/api/v1/label/{label}/values", params=params, timeout=10)
+        body = response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"label values failed: {body.get('error')}: {label} {match}")
+        return sorted(str(v) for v in body["data"])
 
     def targets_up(self) -> bool:
         body = httpx.get(f"{self.url}/api/v1/targets", timeout=5).json()

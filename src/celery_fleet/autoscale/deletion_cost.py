@@ -6,9 +6,10 @@ how many tasks it is running, so the autoscaler's scale-down removes idle worker
 one only when no idle one is left (it then drains: see ``celery_fleet.lifecycle``).
 
 Where busy-ness comes from: **Celery worker heartbeats**.  Every worker sends a
-``worker-heartbeat`` event every 2 s (workers have events on: ``worker_send_task_events``)
-carrying ``active``, the number of tasks its pool is running.  One event receiver reads
-them for the whole fleet over the broker: no per-pod scraping, no exec, no extra port.  The
+``worker-heartbeat`` event every 2 s (even with task events off) carrying ``active``, the
+number of tasks its pool is running.  One event receiver reads them for the whole fleet over
+the broker (``celery_fleet.event_stream``, the exporter's rules: alive within three beats,
+at least 10 s): no per-pod scraping, no exec, no extra port.  The
 sender's hostname is the worker's node name, ``<name>@<host>``; in a pod ``<host>`` is the pod
 name (the chart keeps Celery's default ``celery@%h`` or any ``<name>@%h``), which is how a
 heartbeat is matched to its pod.  The alternatives are worse: the broker's ``unacked`` hash
@@ -30,19 +31,17 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
+from celery_fleet.event_stream import EventStream, WorkerTable, host_of
+
 logger = logging.getLogger("celery_fleet.deletion_cost")
 
 ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
-#: A heartbeat older than this says nothing about the worker any more (Celery beats every 2 s).
-DEFAULT_STALE_AFTER = 15.0
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -53,11 +52,6 @@ def deletion_cost(active: int | None, *, levels: int = 1) -> int:
     if active is None or active <= 0:
         return 0
     return min(active, levels)
-
-
-def host_of(hostname: str) -> str:
-    """``celery@worker-7d9f-abcde`` -> ``worker-7d9f-abcde`` (the node name's host part)."""
-    return hostname.rpartition("@")[2] if "@" in hostname else hostname
 
 
 def pod_for_hostname(hostname: str, pods: Iterable[str]) -> str | None:
@@ -91,83 +85,6 @@ def plan_patches(
     return patches
 
 
-@dataclass
-class _Seen:
-    active: int
-    at: float
-
-
-class WorkerActivity:
-    """Tasks running per worker, from the workers' heartbeat and task events (thread-safe)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._workers: dict[str, _Seen] = {}
-        self.last_event_at: float | None = None
-
-    def on_event(self, event: Mapping[str, Any]) -> None:
-        kind, hostname = event.get("type", ""), event.get("hostname")
-        if not hostname:
-            return
-        now = self.clock()
-        with self._lock:
-            self.last_event_at = now
-            seen = self._workers.get(hostname)
-            if kind == "worker-heartbeat" or kind == "worker-online":
-                self._workers[hostname] = _Seen(int(event.get("active") or 0), now)
-            elif kind == "worker-offline":
-                self._workers.pop(hostname, None)
-            elif kind == "task-started":
-                # Between heartbeats: a worker that starts a task is busy now, not in 2 s.
-                self._workers[hostname] = _Seen((seen.active if seen else 0) + 1, now)
-
-    def snapshot(self, stale_after: float = DEFAULT_STALE_AFTER) -> dict[str, int | None]:
-        now = self.clock()
-        with self._lock:
-            return {h: (s.active if now - s.at <= stale_after else None) for h, s in self._workers.items()}
-
-    def silent_for(self) -> float | None:
-        with self._lock:
-            return None if self.last_event_at is None else self.clock() - self.last_event_at
-
-
-class EventListener:
-    """Feed a :class:`WorkerActivity` from the broker's event stream in a background thread."""
-
-    def __init__(self, broker_url: str, activity: WorkerActivity) -> None:
-        self.broker_url = broker_url
-        self.activity = activity
-        self._stop = threading.Event()
-        self._receiver: Any = None
-        self._thread = threading.Thread(target=self._run, name="celery-events", daemon=True)
-
-    def start(self) -> EventListener:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._receiver is not None:
-            self._receiver.should_stop = True
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        from celery import Celery
-
-        app = Celery("celery-fleet-deletion-cost", broker=self.broker_url, set_as_current=False)
-        while not self._stop.is_set():
-            try:
-                with app.connection_for_read() as conn:
-                    self._receiver = app.events.Receiver(conn, handlers={"*": self.activity.on_event})
-                    self._receiver.capture(limit=None, timeout=None, wakeup=False)
-            except Exception as exc:
-                if self._stop.is_set():
-                    break
-                logger.warning("event stream lost (%r); reconnecting in 2s", exc)
-                self._stop.wait(2.0)
-
-
 def load_kubernetes_config() -> None:
     """In-cluster service account first, then the local kubeconfig."""
     config: Any = importlib.import_module("kubernetes.config")
@@ -196,17 +113,15 @@ class DeletionCostController:
         core_v1: Any,
         namespace: str,
         selector: str,
-        activity: WorkerActivity,
+        workers: WorkerTable,
         *,
         levels: int = 1,
-        stale_after: float = DEFAULT_STALE_AFTER,
     ) -> None:
         self.api = core_v1
         self.namespace = namespace
         self.selector = selector
-        self.activity = activity
+        self.workers = workers
         self.levels = levels
-        self.stale_after = stale_after
 
     def worker_pods(self) -> dict[str, str | None]:
         pods = self.api.list_namespaced_pod(self.namespace, label_selector=self.selector)
@@ -218,13 +133,11 @@ class DeletionCostController:
 
     def reconcile(self) -> dict[str, str]:
         """Patch the pods whose cost changed; return what was patched."""
-        silent = self.activity.silent_for()
-        if silent is None or silent > self.stale_after:
+        if self.workers.stream_silent():
+            silent = self.workers.silent_for()
             logger.warning("no worker events for %s: leaving deletion costs as they are", _ago(silent))
             return {}
-        patches = plan_patches(
-            self.worker_pods(), self.activity.snapshot(self.stale_after), levels=self.levels
-        )
+        patches = plan_patches(self.worker_pods(), self.workers.active_by_hostname(), levels=self.levels)
         done: dict[str, str] = {}
         for pod, value in patches.items():
             try:
@@ -266,9 +179,10 @@ def deletion_cost_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_kubernetes_config()
     namespace = namespace or current_namespace()
-    activity = WorkerActivity()
-    listener = EventListener(broker_url, activity).start()
-    controller = DeletionCostController(client.CoreV1Api(), namespace, selector, activity, levels=levels)
+    workers = WorkerTable()
+    listener = EventStream(broker_url, [workers.on_event], name="deletion-cost-events")
+    listener.start()
+    controller = DeletionCostController(client.CoreV1Api(), namespace, selector, workers, levels=levels)
     click.echo(f"deletion-cost: pods {selector!r} in {namespace}, every {interval:g}s")
     stop = threading.Event()
     try:
@@ -282,4 +196,4 @@ def deletion_cost_command(
     except KeyboardInterrupt:
         pass
     finally:
-        listener.stop()
+        listener.stop(timeout=10)

@@ -13,15 +13,19 @@ from typing import Any
 import click
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from celery_fleet.event_stream import DEFAULT_FORGET_AFTER, EventStream, WorkerTable
 from celery_fleet.exporter.amqp_accounting import AmqpAccounting, is_amqp_url
 from celery_fleet.exporter.collectors import (
     AmqpQueueCollector,
     RedisQueueCollector,
     ScrapeHealth,
+    TaskSeriesCollector,
+    TaskSeriesSource,
     WorkerCollector,
 )
-from celery_fleet.exporter.events import EventMonitor, TaskMetrics, WorkerProber, WorkerTable
 from celery_fleet.exporter.server import ExporterServer, exporter_app
+from celery_fleet.exporter.task_series import HostnameLabels
+from celery_fleet.exporter.worker_probe import WorkerProber
 
 logger = logging.getLogger("celery_fleet.exporter")
 
@@ -29,6 +33,23 @@ DEFAULT_PORT = 9808
 #: Celery's own default queue: what an app that names no queue sends to.
 CELERY_DEFAULT_QUEUE = "celery"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: A scrape answers within 2 s even when Redis hangs (SIGSTOP, a dead node behind a live
+#: socket): one read with this timeout, retried only after a refused or reset connection.
+REDIS_TIMEOUT_SECONDS = 1.0
+
+
+def redis_client(url: str) -> Any:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        # A stale pooled connection fails fast (reset) and gets one retry; a timeout does not.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    )
 
 
 def parse_queues(text: str) -> list[str]:
@@ -45,6 +66,12 @@ def check_broker_url(url: str) -> str:
             "(sentinel:// is not supported yet)",
             param_hint="--broker-url",
         )
+    return url
+
+
+def check_metrics_url(url: str | None) -> str | None:
+    if url is not None and not url.startswith(REDIS_SCHEMES):
+        raise click.BadParameter("task totals live in Redis: give a redis:// URL", param_hint="--metrics-url")
     return url
 
 
@@ -70,55 +97,61 @@ class Exporter:
     queues: Sequence[str]
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    worker_labels: bool = False
     key_prefix: str = ""
     events: bool = True
+    #: celery-exporter's ``--purge-offline-worker-metrics``: a gone worker's series stay (at 0)
+    #: this long, then disappear with its task series.
+    purge_after: float = DEFAULT_FORGET_AFTER
+    #: Where workers and publishers write task totals (``CELERY_FLEET_METRICS_URL``); ``None``:
+    #: the broker when it is Redis, else no task series.
+    metrics_url: str | None = None
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=False))
     health: ScrapeHealth = field(default_factory=ScrapeHealth)
-    workers: WorkerTable = field(default_factory=WorkerTable)
+    labels: HostnameLabels = field(default_factory=HostnameLabels)
     _parts: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workers = WorkerTable(forget_after=self.purge_after)
 
     def known_queues(self) -> list[str]:
         """Configured queues first, then any a live worker consumes (minus Celery's own control queues)."""
+        _, workers = self.workers.snapshot()
         learned = [
             q
-            for w in self.workers.snapshot()
+            for w in workers
             for q in (w.queues or ())
             if not q.endswith((".pidbox", ".celeryev")) and not q.startswith("celeryev.")
         ]
         return list(dict.fromkeys([*self.queues, *learned]))
 
     def build(self) -> Exporter:
+        tasks = TaskSeriesSource(self.labels, self.purge_after)
+        metrics_url = self.metrics_url
         if is_amqp_url(self.broker_url):
             self.amqp = AmqpAccounting(self.broker_url)
             self.registry.register(AmqpQueueCollector(self.amqp, self.known_queues, health=self.health))
         else:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
-            # A scrape must answer within Prometheus's scrape timeout (10 s by default), even
-            # when Redis hangs: at most two 3 s tries, then the scrape reports broker_up 0.
-            self.redis = redis.Redis.from_url(
-                self.broker_url,
-                socket_timeout=3,
-                socket_connect_timeout=3,
-                health_check_interval=25,
-                retry=Retry(NoBackoff(), 1),
-            )
+            self.redis = redis_client(self.broker_url)
+            on_broker = metrics_url in (None, self.broker_url)
             self.registry.register(
                 RedisQueueCollector(
-                    self.redis, self.known_queues, key_prefix=self.key_prefix, health=self.health
+                    self.redis,
+                    self.known_queues,
+                    key_prefix=self.key_prefix,
+                    health=self.health,
+                    tasks=tasks if on_broker else None,
                 )
             )
-        self.registry.register(
-            WorkerCollector(self.workers, self.known_queues, worker_labels=self.worker_labels)
-        )
-        self.tasks = TaskMetrics(self.registry)
+            if on_broker:
+                metrics_url = None  # read with the queues, in the same round trip
+        if metrics_url is not None:
+            self.registry.register(TaskSeriesCollector(redis_client(metrics_url), tasks))
+        # After the queue collector: the task sources it read refine the hostname labels.
+        self.registry.register(WorkerCollector(self.workers, self.known_queues, labels=self.labels))
         return self
 
     def healthz(self) -> tuple[bool, dict[str, Any]]:
-        monitor = getattr(self, "monitor", None)
+        monitor: EventStream | None = getattr(self, "monitor", None)
         events_ok = monitor is None or monitor.is_alive()
         body = {
             "status": "ok" if events_ok else "event thread died",
@@ -132,17 +165,9 @@ class Exporter:
 
     def start(self) -> Exporter:
         if self.events:
-            from celery import Celery
-
-            app = Celery("celery-fleet-exporter", broker=self.broker_url, set_as_current=False)
-            app.conf.update(
-                broker_connection_retry_on_startup=True,
-                # The exporter's event queue on RabbitMQ goes away soon after the exporter does.
-                event_queue_expires=60.0,
-                event_queue_ttl=5.0,
-            )
-            self.prober = WorkerProber(app, self.workers)
-            self.monitor = EventMonitor(app, self.tasks, self.workers, self.prober)
+            self.monitor = EventStream(self.broker_url, [self.workers.on_event], name="exporter-events")
+            self.prober = WorkerProber(self.monitor.app, self.workers)
+            self.monitor.handlers.append(self.prober.on_event)
             self.prober.start()
             self.monitor.start()
             self._parts += [self.monitor, self.prober]
@@ -199,11 +224,19 @@ class Exporter:
     help="Address to bind.",
 )
 @click.option(
-    "--worker-labels/--no-worker-labels",
-    envvar="CELERY_FLEET_EXPORTER_WORKER_LABELS",
-    default=False,
+    "--purge-offline-worker-metrics",
+    "purge_after",
+    envvar="CELERY_FLEET_EXPORTER_PURGE_OFFLINE_WORKER_METRICS",
+    type=click.FloatRange(min=10.0),
+    default=DEFAULT_FORGET_AFTER,
     show_default=True,
-    help="Per-worker celery_worker_up/celery_worker_tasks_active series with a hostname label.",
+    help="Seconds a gone worker's series stay (its celery_worker_up at 0), as celery-exporter's option.",
+)
+@click.option(
+    "--metrics-url",
+    envvar="CELERY_FLEET_METRICS_URL",
+    default=None,
+    help="Redis where workers write task totals (CELERY_FLEET_METRICS_URL) [default: the broker, if Redis].",
 )
 @click.option(
     "--key-prefix",
@@ -219,7 +252,8 @@ def exporter(
     celery_app: str | None,
     port: int,
     host: str,
-    worker_labels: bool,
+    purge_after: float,
+    metrics_url: str | None,
     key_prefix: str,
     events: bool,
     log_level: str,
@@ -233,7 +267,8 @@ def exporter(
         queues=parse_queues(queues) if queues is not None else default_queues(celery_app),
         host=host,
         port=port,
-        worker_labels=worker_labels,
+        purge_after=purge_after,
+        metrics_url=check_metrics_url(metrics_url),
         key_prefix=key_prefix,
         events=events,
     ).build()

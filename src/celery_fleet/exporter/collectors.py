@@ -1,9 +1,10 @@
-"""Prometheus collectors read at scrape time: queues from the broker, workers from the event table.
+"""Prometheus collectors read at scrape time: queues and task totals from Redis, workers from events.
 
 Queue series exist for every configured queue from the first scrape (0 when empty), so
 a queue with no worker still reports its backlog and scale-from-zero works.  When the
-broker cannot be read the queue series are left out (``celery_fleet_exporter_broker_up``
-is 0) instead of reporting a false 0.
+broker cannot be read the queue series are left out (``celery_fleet_broker_up`` is 0)
+instead of reporting a false 0.  A scrape is one round trip to Redis: the queue read and
+the task totals (``exporter.task_series``) go in one pipeline.
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from celery_fleet.event_stream import WorkerInfo, WorkerTable
+from celery_fleet.exporter import task_series
 from celery_fleet.exporter.amqp_accounting import AmqpAccounting
-from celery_fleet.exporter.events import WorkerInfo, WorkerTable
-from celery_fleet.exporter.redis_accounting import DEFAULT_HELD_LIMIT, QueueStats, read_queues
+from celery_fleet.exporter.redis_accounting import (
+    DEFAULT_HELD_LIMIT,
+    QueueStats,
+    ScriptCall,
+    read_queues,
+    run_scripts,
+)
+from celery_fleet.exporter.task_series import HostnameLabels
 
 logger = logging.getLogger("celery_fleet.exporter.collectors")
 
@@ -61,8 +70,33 @@ class ScrapeHealth:
         self.durations = [*self.durations[-99:], seconds]
 
 
+def broker_up(value: int) -> GaugeMetricFamily:
+    up = GaugeMetricFamily("celery_fleet_broker_up", "1 if this scrape could read the broker.")
+    up.add_metric([], value)
+    return up
+
+
+@dataclass(frozen=True)
+class TaskSeriesSource:
+    """Where the task totals are read and which series they get (shared by both collectors)."""
+
+    labels: HostnameLabels
+    purge_after: float
+
+    def call(self, now: float) -> ScriptCall:
+        keys, args = task_series.script_args(now, self.purge_after)
+        return ScriptCall(task_series.READ_SCRIPT, keys, args)
+
+    def families(self, reply: Any) -> Iterator[Metric]:
+        if isinstance(reply, Exception):  # e.g. scripting refused: the queue series still count
+            logger.warning("could not read task totals: %s", reply)
+            return
+        yield from task_series.task_families(task_series.parse_reply(reply), self.labels)
+
+
 class RedisQueueCollector(Collector):
-    """``celery_queue_length`` and celery-fleet's backlog, held and oldest-age series from Redis."""
+    """``celery_queue_length``, celery-fleet's backlog, held and oldest-age series, and (when the
+    metrics live on the broker) the task series, in one round trip to Redis."""
 
     def __init__(
         self,
@@ -72,12 +106,14 @@ class RedisQueueCollector(Collector):
         key_prefix: str = "",
         held_limit: int = DEFAULT_HELD_LIMIT,
         health: ScrapeHealth | None = None,
+        tasks: TaskSeriesSource | None = None,
     ) -> None:
         self.client = client
         self.queues = queues
         self.key_prefix = key_prefix
         self.held_limit = held_limit
         self.health = health or ScrapeHealth()
+        self.tasks = tasks
         self.unstamped = UnstampedAges()
 
     def describe(self) -> Iterable[Metric]:
@@ -86,17 +122,21 @@ class RedisQueueCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         began = time.perf_counter()
         queues = list(self.queues())
-        up = GaugeMetricFamily("celery_fleet_exporter_broker_up", "1 if the last broker read worked.")
         try:
             now = time.time()
-            stats, held = read_queues(
-                self.client, queues, now=now, key_prefix=self.key_prefix, held_limit=self.held_limit
+            also = [self.tasks.call(now)] if self.tasks is not None else []
+            stats, held, extra = read_queues(
+                self.client,
+                queues,
+                now=now,
+                key_prefix=self.key_prefix,
+                held_limit=self.held_limit,
+                also=also,
             )
         except Exception as exc:
             logger.warning("could not read queues from Redis: %s", exc)
             self.health.record(False, time.perf_counter() - began, str(exc))
-            up.add_metric([], 0)
-            yield up
+            yield broker_up(0)
             return
         length = GaugeMetricFamily(
             "celery_queue_length",
@@ -142,14 +182,44 @@ class RedisQueueCollector(Collector):
             "1 if the unacked hash was larger than the read limit (held counts are then a lower bound).",
         )
         truncated.add_metric([], 1 if held.truncated else 0)
-        up.add_metric([], 1)
         seconds = time.perf_counter() - began
         self.health.record(True, seconds)
         read = GaugeMetricFamily(
             "celery_fleet_exporter_broker_read_seconds", "Time this scrape spent reading the broker."
         )
         read.add_metric([], seconds)
-        yield from (length, by_priority, held_gauge, backlog, oldest, unstamped, truncated, up, read)
+        yield from (
+            length,
+            by_priority,
+            held_gauge,
+            backlog,
+            oldest,
+            unstamped,
+            truncated,
+            broker_up(1),
+            read,
+        )
+        if self.tasks is not None:
+            yield from self.tasks.families(extra[0])
+
+
+class TaskSeriesCollector(Collector):
+    """The task series from a metrics Redis that is not the broker (a RabbitMQ fleet)."""
+
+    def __init__(self, client: Any, tasks: TaskSeriesSource) -> None:
+        self.client = client
+        self.tasks = tasks
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            (reply,) = run_scripts(self.client, [self.tasks.call(time.time())])
+        except Exception as exc:
+            logger.warning("could not read task totals: %s", exc)
+            return
+        yield from self.tasks.families(reply)
 
 
 class AmqpQueueCollector(Collector):
@@ -171,14 +241,12 @@ class AmqpQueueCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         began = time.perf_counter()
-        up = GaugeMetricFamily("celery_fleet_exporter_broker_up", "1 if the last broker read worked.")
         try:
             stats = self.accounting.queue_stats(list(self.queues()))
         except Exception as exc:
             logger.warning("could not read queues from RabbitMQ: %s", exc)
             self.health.record(False, time.perf_counter() - began, str(exc))
-            up.add_metric([], 0)
-            yield up
+            yield broker_up(0)
             return
         length = GaugeMetricFamily(
             "celery_queue_length", "Messages ready in the broker queue.", labels=["queue_name"]
@@ -189,64 +257,49 @@ class AmqpQueueCollector(Collector):
         for queue, s in stats.items():
             length.add_metric([queue], s.messages)
             consumers.add_metric([queue], s.consumers)
-        up.add_metric([], 1)
         self.health.record(True, time.perf_counter() - began)
-        yield from (length, consumers, up)
+        yield from (length, consumers, broker_up(1))
 
 
 class WorkerCollector(Collector):
     """Worker series from heartbeat events: no broadcast inspect on a scrape.
 
-    Per queue: live workers consuming it, their pool processes, busy (running a task,
-    from the heartbeat's ``active``) and idle processes.  A worker consuming several
-    queues counts in each of them.  ``celery_worker_up`` and
-    ``celery_worker_tasks_active`` carry a ``hostname`` label only with
-    ``worker_labels=True``; by default each is one series for the whole fleet.  Workers
-    that said goodbye (``worker-offline``) or were silent for ``forget_after`` are forgotten.
+    ``celery_worker_up`` and ``celery_worker_tasks_active``: one series per worker with
+    celery-exporter's ``hostname`` label (:class:`HostnameLabels`), 1 while it sends heartbeats,
+    0 once it stopped (a clean ``worker-offline``) or went silent, until it is forgotten
+    (``WorkerTable.forget_after``, celery-exporter's purge delay).  Per queue: live workers
+    consuming it, their pool processes, busy (running a task, from the heartbeat's ``active``)
+    and idle processes; a worker consuming several queues counts in each of them.
     """
 
     def __init__(
-        self,
-        table: WorkerTable,
-        queues: Callable[[], Sequence[str]],
-        *,
-        worker_labels: bool = False,
-        clock: Callable[[], float] = time.time,
+        self, table: WorkerTable, queues: Callable[[], Sequence[str]], *, labels: HostnameLabels
     ) -> None:
         self.table = table
         self.queues = queues
-        self.worker_labels = worker_labels
-        self.clock = clock
+        self.labels = labels
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        now = self.clock()
-        workers = self.table.snapshot(now)
+        now, workers = self.table.snapshot()
         alive = [w for w in workers if w.alive(now)]
         names = list(dict.fromkeys([*self.queues(), *(q for w in alive for q in (w.queues or ()))]))
         yield from self._per_queue(names, alive)
-        labels = ["hostname"] if self.worker_labels else []
         up = GaugeMetricFamily(
-            "celery_worker_up", "1 if the worker sent a heartbeat recently.", labels=labels
+            "celery_worker_up", "Indicates if a worker has recently sent a heartbeat.", labels=["hostname"]
         )
         active = GaugeMetricFamily(
-            "celery_worker_tasks_active", "Tasks the worker is running (heartbeat).", labels=labels
+            "celery_worker_tasks_active",
+            "The number of tasks the worker is currently processing",
+            labels=["hostname"],
         )
-        if self.worker_labels:
-            for w in sorted(workers, key=lambda w: w.hostname):
-                is_up = w.alive(now)
-                up.add_metric([w.hostname], 1 if is_up else 0)
-                active.add_metric([w.hostname], w.active if is_up else 0)
-        else:
-            # 1 while a worker is alive; 0 when the last ones stopped without saying goodbye
-            # (crashed, within the forget window); no sample when the fleet scaled to zero
-            # cleanly, so "worker down" alerts stay quiet on scale-to-zero.
-            crashed = [w for w in workers if w.online and not w.alive(now)]
-            if alive or crashed:
-                up.add_metric([], 1 if alive else 0)
-            active.add_metric([], sum(w.active for w in alive))
+        self.labels.observe(w.hostname for w in workers)
+        for w in sorted(workers, key=lambda w: w.hostname):
+            is_up = w.alive(now)
+            up.add_metric([self.labels(w.hostname)], 1 if is_up else 0)
+            active.add_metric([self.labels(w.hostname)], w.active if is_up else 0)
         count = GaugeMetricFamily("celery_fleet_worker_count", "Workers that sent a heartbeat recently.")
         count.add_metric([], len(alive))
         unknown = GaugeMetricFamily(

@@ -292,8 +292,12 @@ def _refused(connect: Any, password: str) -> bool:
     return False
 
 
-def test_the_exporter_runs_on_just_the_environment_the_chart_gives_it(redis_server: Any) -> None:
-    """The exporter gets the broker URL and no SECRET_KEY or DATABASE_URL: that is enough to serve."""
+def test_the_exporter_runs_on_just_the_environment_the_chart_gives_it(
+    redis_server: Any, redis_client: Any
+) -> None:
+    """The exporter gets the broker URL and no SECRET_KEY or DATABASE_URL: that is enough to serve.
+
+    ``redis_client`` flushes the session's Redis: earlier tests leave messages in these queues."""
     import httpx
 
     docs = h.render()

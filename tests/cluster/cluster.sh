@@ -424,18 +424,33 @@ start_dns() {
   kubectl -n kube-system rollout status deployment/coredns --timeout=180s >&2
 }
 
+# ------------------------------------------------------------------ ownership
+# The network namespace, cgroups and ${CLUSTER_RUN} are named after the cluster only; the
+# folder they belong to is written down, so that a cluster of the same name from another cache
+# (another CELERY_FLEET_CACHE) is never taken over or torn down by mistake.
+OWNER_FILE="${CLUSTER_RUN}/home"
+
+check_owner() {
+  local owner
+  owner=$(cat "${OWNER_FILE}" 2>/dev/null) || return 0
+  [[ "${owner}" == "${CLUSTER_HOME}" ]] ||
+    die "a cluster ${CLUSTER_NAME} of another cache runs here (${owner}): set CELERY_FLEET_CACHE to its cache or pick another CLUSTER_NAME"
+}
+
 # ------------------------------------------------------------------ commands
 cmd_up() {
   local t0
   t0=$(date +%s)
   [[ $(id -u) == 0 ]] || die "cluster.sh needs root (network namespace, cgroups, mounts)"
+  check_owner
   "${CLUSTER_DIR}/build.sh" etcd k8s coredns
   local tool
   for tool in containerd runc ctr nsenter openssl curl gcc; do
     command -v "${tool}" >/dev/null || die "${tool} not found (apt-get install containerd runc util-linux openssl curl gcc)"
   done
   [[ -x "${CNI_BIN_DIR}/bridge" ]] || die "no CNI plugins in ${CNI_BIN_DIR} (apt-get install containernetworking-plugins)"
-  mkdir -p "${CLUSTER_HOME}"
+  mkdir -p "${CLUSTER_HOME}" "${CLUSTER_RUN}"
+  echo "${CLUSTER_HOME}" >"${OWNER_FILE}"
   make_pki
   net_up
   start_control_plane
@@ -477,6 +492,11 @@ unmount_under() { # every mount point below $1, deepest first
 cmd_down() {
   local t0 pids
   t0=$(date +%s)
+  check_owner
+  if [[ ! -d "${CLUSTER_HOME}" && ! -e "${OWNER_FILE}" ]]; then
+    log "no cluster ${CLUSTER_NAME} under ${CACHE_DIR}"
+    return 0
+  fi
   # kubelet first (it would restart what we kill), then every container process, then the rest
   stop_pidfile kubelet
   stop_pidfile kube-proxy

@@ -12,6 +12,7 @@ running a task, burst -> backlog drained, the group's pod-seconds over the run.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_burst_scales_workers_up_they_consume_and_scale_back(
     web = Web.of_release(kube, namespace, f"{FULLNAME}-web")
     for name in (DEFAULT, EXPORTS):
         wait_until(
-            lambda n=name: _scaler_active(kube, namespace, n),
+            functools.partial(_scaler_active, kube, namespace, name),
             timeout=120,
             interval=1,
             what=f"the HPA of {name} to read its metric",

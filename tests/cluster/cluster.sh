@@ -462,7 +462,7 @@ cmd_up() {
 node_pids() { # every process of the node: in its cgroups, or a shim of its containerd
   local f p
   for f in /sys/fs/cgroup/*"${CGROUP_ROOT}"; do
-    [[ -d "${f}" ]] && find "${f}" -name cgroup.procs -exec cat {} + 2>/dev/null
+    [[ -d "${f}" ]] && { find "${f}" -name cgroup.procs -exec cat {} + 2>/dev/null || true; }
   done
   for p in /proc/[0-9]*; do
     [[ "$(tr '\0' ' ' 2>/dev/null <"${p}/cmdline")" == *"-address ${CONTAINERD_SOCK}"* ]] && echo "${p#/proc/}"
@@ -510,7 +510,7 @@ cmd_down() {
   net_down
   local h
   for h in /sys/fs/cgroup/*"${CGROUP_ROOT}"; do
-    [[ -d "${h}" ]] && find "${h}" -depth -type d -exec rmdir {} + 2>/dev/null
+    [[ -d "${h}" ]] && { find "${h}" -depth -type d -exec rmdir {} + 2>/dev/null || log "cgroup ${h} not removed"; }
   done
   rm -rf "${CLUSTER_RUN}" "${CLUSTER_HOME}"
   pids=$(node_pids | sort -u)

@@ -12,13 +12,13 @@
 #   tests/cluster/build-autoscalers.sh [build] [prometheus-adapter|keda]...  (default: both)
 #   tests/cluster/build-autoscalers.sh path prometheus-adapter|keda-operator|keda-adapter
 #   tests/cluster/build-autoscalers.sh crds      # print the CRD files (downloads the modules)
+#   tests/cluster/build-autoscalers.sh rbac      # print KEDA's RBAC files (its release manifests')
 #
 # Env: as build.sh (CELERY_FLEET_CACHE, BUILD_NICE, BUILD_PARALLEL, FORCE=1).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-modver() { awk -v m="$2" '$1=="require" {$1=""; $0=$0} $1==m && $2 ~ /^v/ {print $2; exit}' "$1"; }
 ADAPTER_VERSION="$(modver "${CLUSTER_DIR}/adapter-build/go.mod" sigs.k8s.io/prometheus-adapter)"
 KEDA_VERSION="$(modver "${CLUSTER_DIR}/keda-build/go.mod" github.com/kedacore/keda/v2)"
 PROMETHEUS_OPERATOR_VERSION="v0.85.0"   # CRDs only (ServiceMonitor, PrometheusRule)
@@ -88,6 +88,15 @@ cmd_crds() {
   ls "${prom}"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,prometheusrules}.yaml
 }
 
+cmd_rbac() { # what KEDA's release manifests (kustomize config/default) grant its ServiceAccount
+  local keda
+  keda=$(module_dir "github.com/kedacore/keda/v2@${KEDA_VERSION}")
+  [[ -d "${keda}" ]] || die "cannot find the keda module"
+  ls "${keda}"/config/service_account/service_account.yaml \
+     "${keda}"/config/rbac/{role,role_binding,aggregate_cluster_roles}.yaml \
+     "${keda}"/config/metrics-server/{role,role_binding}.yaml
+}
+
 cmd_path() {
   case "${1:-}" in
     prometheus-adapter) echo "${ADAPTER_DIR}/adapter" ;;
@@ -100,6 +109,7 @@ cmd_path() {
 case "${1:-build}" in
   path) cmd_path "${2:-}" ;;
   crds) cmd_crds ;;
+  rbac) cmd_rbac ;;
   build|prometheus-adapter|keda)
     [[ "${1:-build}" == build ]] && shift || true
     targets=("$@"); [[ ${#targets[@]} -eq 0 ]] && targets=(prometheus-adapter keda)
@@ -113,5 +123,5 @@ case "${1:-build}" in
     done
     log "autoscalers done in $(( $(date +%s) - t0 ))s"
     ;;
-  *) die "usage: $0 [build [prometheus-adapter|keda]...] | path NAME | crds" ;;
+  *) die "usage: $0 [build [prometheus-adapter|keda]...] | path NAME | crds | rbac" ;;
 esac

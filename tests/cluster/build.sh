@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build helm, kubeconform, kwok/kwokctl, etcd and the Kubernetes control plane from
-# source (Go module proxy) into ${CELERY_FLEET_CACHE:-<repo>/.cache}/bin/<tool>-<version>/.
-# Anything already built is skipped, so only the first run pays.
+# Build the cluster from source (Go module proxy) into
+# ${CELERY_FLEET_CACHE:-<repo>/.cache}/bin/<tool>-<version>/: Kubernetes (control plane, kubelet,
+# kube-proxy, kubectl: one `go build`, so the packages they share are compiled once), etcd and
+# CoreDNS. Anything already built is skipped, so only the first run pays.
 #
-#   tests/cluster/build.sh [all|helm|kubeconform|kwok|etcd|k8s]...   (default: all)
+#   tests/cluster/build.sh [all|etcd|k8s|coredns]...   (default: all)
 #
 # Env: CELERY_FLEET_CACHE (cache root), BUILD_NICE (default 15),
 #      BUILD_PARALLEL (go build -p, default 2), FORCE=1 (rebuild).
@@ -67,38 +68,6 @@ run_build() {
   printf '%s %s %ss %s\n' "$(date -u +%FT%TZ)" "${name}" "$((end - start))" "${dir}" >>"${LOG_DIR}/build-times.log"
 }
 
-build_helm() {
-  local out=$1 gomod k8s_minor
-  # helm's Makefile derives the Kubernetes version it reports from its client-go.
-  gomod=$(mod_field "helm.sh/helm/v3@${HELM_VERSION}" "{{.GoMod}}")
-  k8s_minor=$(awk '$1=="k8s.io/client-go"{print $2}' "${gomod}" | cut -d. -f2)
-  [[ -n "${k8s_minor}" ]] || { echo "cannot read client-go version from ${gomod}"; return 1; }
-  local ld="-w -s -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
-  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-  ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${k8s_minor}"
-  ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${k8s_minor}"
-  GOBIN="${out}" "${NICE[@]}" go install -trimpath -ldflags "${ld}" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
-  "${out}/helm" version
-}
-
-build_kubeconform() {
-  local out=$1
-  GOBIN="${out}" "${NICE[@]}" go install -trimpath -tags netgo \
-    -ldflags "-w -s -X main.version=${KUBECONFORM_VERSION}" \
-    "github.com/yannh/kubeconform/cmd/kubeconform@${KUBECONFORM_VERSION}"
-  "${out}/kubeconform" -v
-}
-
-build_kwok() {
-  local out=$1
-  local ld="-w -s -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
-  ld+=" -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}"
-  GOBIN="${out}" "${NICE[@]}" go install -trimpath -ldflags "${ld}" \
-    "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
-  "${out}/kwokctl" --version
-  "${out}/kwok" --version
-}
-
 build_etcd() {
   local out=$1 modver
   modver=$(cd "${CLUSTER_DIR}/etcd-build" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
@@ -107,6 +76,16 @@ build_etcd() {
   (cd "${CLUSTER_DIR}/etcd-build" && "${NICE[@]}" go build -trimpath \
     -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=gomod-${ETCD_VERSION}" -o "${out}/etcd" .)
   "${out}/etcd" --version
+}
+
+build_coredns() {
+  local out=$1 modver
+  modver=$(cd "${CLUSTER_DIR}/coredns-build" && go list -m -f '{{.Version}}' github.com/coredns/coredns)
+  [[ "${modver}" == "${COREDNS_VERSION}" ]] || { echo "coredns-build/go.mod pins ${modver}"; return 1; }
+  (cd "${CLUSTER_DIR}/coredns-build" && "${NICE[@]}" go build -trimpath \
+    -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=gomod-${COREDNS_VERSION}" -o "${out}/coredns" .)
+  "${out}/coredns" -version
+  "${out}/coredns" -plugins | grep -qx kubernetes || { echo "the kubernetes plugin is missing"; return 1; }
 }
 
 build_k8s() {
@@ -131,7 +110,9 @@ build_k8s() {
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kubectl)
+    k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy)
   "${out}/kube-apiserver" --version
   "${out}/kubectl" version --client
 }
@@ -142,18 +123,14 @@ overall_start=$(date +%s)
 for t in "${targets[@]}"; do
   case "${t}" in
     all)
-      run_build helm "${HELM_DIR}" "helm" build_helm
-      run_build kubeconform "${KUBECONFORM_DIR}" "kubeconform" build_kubeconform
-      run_build kwok "${KWOK_DIR}" "kwok kwokctl" build_kwok
       run_build etcd "${ETCD_DIR}" "etcd" build_etcd
-      run_build k8s "${K8S_DIR}" "kube-apiserver kube-controller-manager kube-scheduler kubectl" build_k8s
+      run_build k8s "${K8S_DIR}" "${K8S_BINS}" build_k8s
+      run_build coredns "${COREDNS_DIR}" "coredns" build_coredns
       ;;
-    helm) run_build helm "${HELM_DIR}" "helm" build_helm ;;
-    kubeconform) run_build kubeconform "${KUBECONFORM_DIR}" "kubeconform" build_kubeconform ;;
-    kwok) run_build kwok "${KWOK_DIR}" "kwok kwokctl" build_kwok ;;
     etcd) run_build etcd "${ETCD_DIR}" "etcd" build_etcd ;;
-    k8s) run_build k8s "${K8S_DIR}" "kube-apiserver kube-controller-manager kube-scheduler kubectl" build_k8s ;;
-    *) die "unknown target '${t}' (all|helm|kubeconform|kwok|etcd|k8s)" ;;
+    k8s) run_build k8s "${K8S_DIR}" "${K8S_BINS}" build_k8s ;;
+    coredns) run_build coredns "${COREDNS_DIR}" "coredns" build_coredns ;;
+    *) die "unknown target '${t}' (all|etcd|k8s|coredns)" ;;
   esac
 done
 log "done in $(( $(date +%s) - overall_start ))s; binaries under ${BIN_DIR}"

@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
-# `make e2e`: build (or reuse) the cluster tools and the autoscalers, start a fresh kwok
-# cluster, run the end-to-end suite (tests/e2e) against it, and tear everything down,
-# even on failure, leaving no process behind. Prints how long each phase took.
+# `make e2e`: build (or reuse) the cluster and the autoscalers, build the images (`make
+# image-local`, the Redis/PostgreSQL stand-ins), start a fresh one-node cluster, import the
+# images into its containerd, run the end-to-end suite (tests/e2e) against it, and tear
+# everything down, even on failure, leaving no process behind. Prints how long each phase took.
 #
 # Env: PYTHON (the venv's python, default .venv/bin/python); E2E_PYTEST_ARGS (extra pytest
 # arguments, e.g. "-k hpa"); E2E_AUTOSCALERS (what to build, default "prometheus-adapter keda";
 # the KEDA test fails without KEDA, so pair it with E2E_PYTEST_ARGS="-k 'not keda'");
-# KEEP_CLUSTER=1 (leave the cluster up); CELERY_FLEET_CACHE; CLUSTER_NAME (default
-# celery-fleet-e2e-suite: not the `make cluster-up` one, so `make e2e` never tears down a
-# developer's cluster); CELERY_FLEET_E2E_CHART (test another copy of the chart).
+# KEEP_CLUSTER=1 (leave the cluster and the last release up); CELERY_FLEET_CACHE; CLUSTER_NAME
+# (default celery-fleet-e2e-suite: not the `make cluster-up` one, so `make e2e` never tears down
+# a developer's cluster); CELERY_FLEET_E2E_CHART (test another copy of the chart);
+# E2E_SKIP_BUILDS=1 (the builds ran already, e.g. in .ci/run's background job).
 set -euo pipefail
 export CLUSTER_NAME="${CLUSTER_NAME:-celery-fleet-e2e-suite}"
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# The suite's timing assumptions (tests/e2e/test_autoscaling_*.py: HPA_SYNC) rest on these:
-# the HPA controller syncs every 5 s (default 15 s), and kube-apiserver's aggregator dials the
-# endpoints of an APIService's Service itself (no kube-proxy here), so the External metrics API
-# can be served by prometheus-adapter or KEDA running on this host.
-export CLUSTER_EXTRA_ARGS="kube-controller-manager=horizontal-pod-autoscaler-sync-period=5s kube-apiserver=enable-aggregator-routing=true ${CLUSTER_EXTRA_ARGS:-}"
+# The suite's timing assumptions (tests/e2e/test_autoscaling.py, test_drain.py: HPA_SYNC) rest
+# on this: the HPA controller syncs every 5 s (default 15 s).
+export CLUSTER_EXTRA_ARGS="kube-controller-manager=horizontal-pod-autoscaler-sync-period=5s ${CLUSTER_EXTRA_ARGS:-}"
+# The images the chart runs on the node (tests/e2e/chart.py reads the same variables), under
+# tags of their own: Docker's tags are shared by every checkout on the machine.
+export CELERY_FLEET_E2E_IMAGE="${CELERY_FLEET_E2E_IMAGE:-celery-fleet:e2e}"
+export CELERY_FLEET_E2E_REDIS_IMAGE="${CELERY_FLEET_E2E_REDIS_IMAGE:-celery-fleet-redis:e2e}"
+export CELERY_FLEET_E2E_POSTGRES_IMAGE="${CELERY_FLEET_E2E_POSTGRES_IMAGE:-celery-fleet-postgres:e2e}"
 PYTHON="${PYTHON:-${REPO_ROOT}/.venv/bin/python}"
 # Every process the suite starts inherits this; whatever is left at the end is stopped by PID.
 export FLEET_E2E_RUN_ID="e2e-$$-$(date +%s)"
@@ -75,7 +80,9 @@ finish() {
   trap - EXIT INT TERM
   stop_leftovers
   if [[ "${KEEP_CLUSTER:-0}" == 1 ]]; then
-    log "KEEP_CLUSTER=1: cluster ${CLUSTER_NAME} left running (${KUBECONFIG_PATH})"
+    log "KEEP_CLUSTER=1: cluster ${CLUSTER_NAME} and the last release left running; to look:"
+    log "  eval \"\$(make -s cluster-env CLUSTER_NAME=${CLUSTER_NAME})\"; kubectl get pods -A"
+    log "  stop it: make cluster-down CLUSTER_NAME=${CLUSTER_NAME}"
   else
     phase "cluster down" "${CLUSTER_DIR}/cluster.sh" down || rc=1
   fi
@@ -89,18 +96,33 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 
+build_images() { # the application image (docker/Dockerfile on the local Debian base), stand-ins
+  # without the run's id: a Docker engine started here is shared, not the suite's to stop
+  env -u FLEET_E2E_RUN_ID make -C "${REPO_ROOT}" --no-print-directory image-local IMAGE="${CELERY_FLEET_E2E_IMAGE}" >&2
+  (cd "${REPO_ROOT}" && "${PYTHON}" -c 'import os; from tests.support import docker
+docker.build_standins(os.environ["CELERY_FLEET_E2E_REDIS_IMAGE"], os.environ["CELERY_FLEET_E2E_POSTGRES_IMAGE"])')
+}
+
 [[ -x "${PYTHON}" ]] || die "no virtualenv python at ${PYTHON} (make venv)"
-phase "build cluster tools (cached)" "${CLUSTER_DIR}/build.sh"
-# shellcheck disable=SC2086
-phase "build ${E2E_AUTOSCALERS:-prometheus-adapter keda} (cached)" "${CLUSTER_DIR}/build-autoscalers.sh" build ${E2E_AUTOSCALERS:-prometheus-adapter keda}
-phase "Go modules for CRDs (cached)" "${CLUSTER_DIR}/build-autoscalers.sh" crds >/dev/null
+phase "node packages (containerd, runc, CNI)" "${CLUSTER_DIR}/node-deps.sh"
+if [[ "${E2E_SKIP_BUILDS:-0}" != 1 ]]; then
+  phase "build etcd, Kubernetes, CoreDNS (cached)" "${CLUSTER_DIR}/build.sh"
+  # shellcheck disable=SC2086
+  phase "build ${E2E_AUTOSCALERS:-prometheus-adapter keda} (cached)" "${CLUSTER_DIR}/build-autoscalers.sh" build ${E2E_AUTOSCALERS:-prometheus-adapter keda}
+fi
+phase "Go modules for CRDs and RBAC (cached)" "${CLUSTER_DIR}/build-autoscalers.sh" crds >/dev/null
+phase "helm (the wheel make test uses)" "${PYTHON}" -c 'from tests.support.helm import ensure_helm; ensure_helm()'
+phase "images (make image-local, stand-ins)" build_images
 # A fresh cluster: one left by an interrupted run may have other flags.
-if [[ -f "${CLUSTER_HOME}/kwok.yaml" ]]; then
+if [[ -d "${CLUSTER_HOME}" ]]; then
   phase "cluster down (stale)" "${CLUSTER_DIR}/cluster.sh" down
 fi
 phase "cluster up" "${CLUSTER_DIR}/cluster.sh" up
+phase "import images into the node" "${CLUSTER_DIR}/cluster.sh" load \
+  "${CELERY_FLEET_E2E_IMAGE}" "${CELERY_FLEET_E2E_REDIS_IMAGE}" "${CELERY_FLEET_E2E_POSTGRES_IMAGE}"
 eval "$("${CLUSTER_DIR}/cluster.sh" env)"
 export KUBECONFIG
+[[ "${KEEP_CLUSTER:-0}" == 1 ]] && export CELERY_FLEET_E2E_KEEP=1
 # E2E_PYTEST_ARGS is split as the shell would (quotes allowed: -k 'not keda').
 eval "pytest_args=(${E2E_PYTEST_ARGS:-})"
 phase "pytest tests/e2e" env CELERY_FLEET_E2E=1 "${PYTHON}" -m pytest "${REPO_ROOT}/tests/e2e" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Smoke test of the kwok e2e cluster: up, list nodes, create a Deployment,
-# scale it to 3, wait for 3 ready (fake) pods, check the HPA controller runs,
-# down. Prints how long each phase took. KEEP_CLUSTER=1 skips the final down.
+# Smoke test of the e2e cluster: up, list nodes, create a Deployment of the local pause
+# image, scale it to 3, wait for 3 ready pods (real containers on the node), check the HPA
+# controller runs, down. Prints how long each phase took. KEEP_CLUSTER=1 skips the final down.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -34,8 +34,9 @@ k() { "${KUBECTL_BIN}" --kubeconfig "${KUBECONFIG_PATH}" "$@"; }
 
 create_deployment() {
   k create namespace "${NS}"
-  # The image is never pulled: kwok only pretends to run the pods.
-  k -n "${NS}" create deployment smoke --image=registry.k8s.io/pause:3.10 --replicas=1
+  # The node's own sandbox image: imported by `cluster.sh up`, never pulled.
+  k -n "${NS}" create deployment smoke --image="${PAUSE_IMAGE}" --replicas=1 --dry-run=client -o json |
+    jq '.spec.template.spec.containers[0].imagePullPolicy = "Never"' | k apply -f -
   k -n "${NS}" rollout status deployment/smoke --timeout=120s
 }
 

@@ -1,9 +1,12 @@
-"""End-to-end suite against the kwok cluster of tests/cluster (run by `make e2e`).
+"""End-to-end suite against the one-node cluster of tests/cluster (run by `make e2e`).
 
 Collected only with ``CELERY_FLEET_E2E=1``: plain ``pytest`` (``make test``) skips this folder,
 since it needs the cluster that ``make e2e`` builds and starts. Every test here is marked
 ``e2e``. The cluster is found through ``KUBECONFIG`` (``eval "$(tests/cluster/cluster.sh env)"``)
 or, failing that, ``tests/cluster/cluster.sh env``.
+
+``CELERY_FLEET_E2E_KEEP=1`` (``make e2e KEEP_CLUSTER=1``): the namespace of the last release
+stays, so the cluster can be looked at afterwards; earlier ones are deleted as usual.
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from celery_fleet.local.redis_server import RedisServer
-from tests.e2e.host import Exporter, LabelledPrometheus
+from tests.e2e.host import apply_files, autoscalers
 from tests.e2e.kube import Kube, cluster_env
 
 E2E_ENABLED = os.environ.get("CELERY_FLEET_E2E") == "1"
+KEEP_LAST = os.environ.get("CELERY_FLEET_E2E_KEEP") == "1"
 HERE = Path(__file__).parent
 
 if not E2E_ENABLED:
@@ -29,10 +32,13 @@ if not E2E_ENABLED:
     collect_ignore_glob = ["test_*.py"]
 
 _TIMINGS: list[tuple[str, float]] = []
+_KEPT: list[str] = []
+
+RecordTiming = Callable[[str, float], None]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "e2e: needs the kwok cluster of tests/cluster (`make e2e`)")
+    config.addinivalue_line("markers", "e2e: needs the cluster of tests/cluster (`make e2e`)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -46,11 +52,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("e2e timings")
         for what, seconds in _TIMINGS:
             terminalreporter.write_line(f"{seconds:8.1f}s  {what}")
+    if _KEPT:
+        terminalreporter.write_line(f"kept for inspection: namespace {_KEPT[-1]}")
 
 
 @pytest.fixture(scope="session")
-def record_timing() -> object:
-    """``record_timing(what, seconds)``: printed in the summary (and kept in the JUnit-less log)."""
+def record_timing() -> RecordTiming:
+    """``record_timing(what, seconds)``: printed at once and again in the summary."""
 
     def record(what: str, seconds: float) -> None:
         _TIMINGS.append((what, seconds))
@@ -76,74 +84,51 @@ def _namespace_name(node_name: str) -> str:
     return f"e2e-{base}-{uuid.uuid4().hex[:5]}"
 
 
-@pytest.fixture
-def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace; at teardown every release in it is uninstalled and it is deleted."""
-    name = _namespace_name(request.node.name)
-    kube.kubectl("create", "namespace", name)
-    yield name
+def delete_namespace(kube: Kube, name: str) -> None:
+    """Uninstall every release in it and delete it, without waiting: its pods stop while the
+    next test starts (idle pods exit at once on SIGTERM)."""
     releases = kube.helm("list", "-n", name, "-q", "-a", check=False).stdout.split()
     for release in releases:
-        kube.helm("uninstall", release, "-n", name, "--wait", "--timeout", "60s", check=False)
+        kube.helm("uninstall", release, "-n", name, "--wait=false", check=False, timeout=120)
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
     kube.kubectl("delete", "pv", "-l", f"celery-fleet-e2e/namespace={name}", "--wait=false", check=False)
 
 
-@pytest.fixture
-def exporter(redis_server: RedisServer, redis_client: object, tmp_path: Path) -> Iterator[Exporter]:
-    """The real ``celery-fleet exporter`` on the host, watching the (flushed) test broker."""
-    running = Exporter(broker_url=redis_server.url, log=tmp_path / "exporter.log").start()
-    yield running
-    running.stop()
+def _release_namespace(kube: Kube, name: str) -> Iterator[str]:
+    kube.kubectl("create", "namespace", name)
+    yield name
+    if KEEP_LAST:
+        for older in _KEPT:
+            delete_namespace(kube, older)
+        _KEPT[:] = [name]
+    else:
+        delete_namespace(kube, name)
 
 
 @pytest.fixture
-def prometheus_for(exporter: Exporter, tmp_path: Path) -> Iterator[object]:
-    """``prometheus_for(namespace)``: a real Prometheus scraping the exporter every second, its
-    series labelled with the release namespace (what a ServiceMonitor in that namespace adds)."""
-    started: list[LabelledPrometheus] = []
-
-    def start(namespace: str) -> LabelledPrometheus:
-        server = LabelledPrometheus(
-            data_dir=tmp_path / "prometheus",
-            targets={"celery-fleet-exporter": exporter.target},
-            labels={"namespace": namespace},
-        )
-        started.append(server)
-        server.start()
-        from celery_fleet.local.waiting import wait_until
-
-        wait_until(server.targets_up, timeout=30, what="Prometheus to scrape the exporter")
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test; at teardown its releases are uninstalled and it is deleted."""
+    yield from _release_namespace(kube, _namespace_name(request.node.name))
 
 
-@pytest.fixture
-def deadline_clock() -> object:
-    return time.monotonic
+@pytest.fixture(scope="module")
+def module_namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace shared by the tests of one module (one release they all look at)."""
+    yield from _release_namespace(kube, _namespace_name(request.module.__name__.rsplit(".", 1)[-1]))
 
 
 @pytest.fixture(scope="session")
 def crds(kube: Kube) -> list[str]:
     """KEDA's CRDs and prometheus-operator's ServiceMonitor/PrometheusRule, from their Go modules
     (tests/cluster/build-autoscalers.sh crds), applied server-side and Established."""
-    import subprocess
+    files = autoscalers("crds")
+    apply_files(kube, files)
+    names = kube.kubectl("get", "crd", "-o", "name").split()
+    wanted = [n for n in names if n.endswith((".keda.sh", ".monitoring.coreos.com"))]
+    kube.kubectl("wait", "--for=condition=Established", *wanted, "--timeout=60s")
+    return wanted
 
-    from tests.e2e.kube import REPO
 
-    files = subprocess.run(
-        [str(REPO / "tests" / "cluster" / "build-autoscalers.sh"), "crds"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    ).stdout.split()
-    names = []
-    for path in files:
-        out = kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", path, "-o", "name")
-        names += out.split()
-    kube.kubectl("wait", "--for=condition=Established", *names, "--timeout=60s")
-    return names
+@pytest.fixture
+def deadline_clock() -> Callable[[], float]:
+    return time.monotonic

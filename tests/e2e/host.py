@@ -1,21 +1,24 @@
-"""Processes the e2e suite runs on the host, next to the kwok cluster.
+"""Servers the e2e suite runs on this host, beside the cluster (tests/cluster), each one
+authenticated as a ServiceAccount with the RBAC its documentation tells users to apply:
 
-The cluster's pods are fake (kwok), so everything that must really run runs here: the broker
-(redis-server, the session fixture of tests/conftest.py), ``celery-fleet exporter`` reading
-it, Prometheus scraping the exporter, the External metrics API (prometheus-adapter or KEDA's
-metrics server) that kube-apiserver's aggregator proxies to, and KEDA's operator.
+* Prometheus, scraping the release's exporter pod over the pod network, found from the chart's
+  own ServiceMonitor through the Kubernetes API (``ServiceMonitorDiscovery``);
+* prometheus-adapter (the HPA path) with ``k8s/prometheus-adapter/rbac.yaml``;
+* KEDA's operator and metrics server with the RBAC of KEDA's own release manifests
+  (``build-autoscalers.sh rbac``: config/rbac, config/metrics-server of the KEDA module).
+
+kube-apiserver's aggregator reaches the two metrics servers through a selectorless Service
+whose Endpoints are this host's address on the cluster network (via kube-proxy on the node).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
+import threading
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,43 +26,37 @@ from typing import Any
 import httpx
 import yaml
 
-from celery_fleet.headers import PUBLISHED_AT_HEADER
 from celery_fleet.local.processes import ManagedProcess, file_sink
 from celery_fleet.local.waiting import free_port, port_open, wait_until
 from tests.e2e.kube import REPO, Kube
-from tests.support.prometheus import PrometheusServer
+from tests.support.prometheus import PrometheusServer, binary
 
-CACHE = Path(os.environ.get("CELERY_FLEET_CACHE") or REPO / ".cache")
+BUILD_AUTOSCALERS = REPO / "tests" / "cluster" / "build-autoscalers.sh"
 #: The rules the project ships for prometheus-adapter (the same as k8s/prometheus-adapter/values.yaml).
 ADAPTER_RULES = REPO / "k8s" / "prometheus-adapter" / "rules.yaml"
+#: What docs/autoscaling.md tells users to apply when they run prometheus-adapter without its chart.
+ADAPTER_RBAC = REPO / "k8s" / "prometheus-adapter" / "rbac.yaml"
+#: Prometheus's own read access for Kubernetes service discovery (what its chart grants).
+PROMETHEUS_RBAC = Path(__file__).parent / "manifests" / "prometheus-rbac.yaml"
 EXTERNAL_METRICS_GROUP = "external.metrics.k8s.io"
 APISERVICE = f"v1beta1.{EXTERNAL_METRICS_GROUP}"
 METRICS_NAMESPACE = "celery-fleet-e2e-metrics"
 
 
-def tool(name: str) -> Path:
-    """A binary built by tests/cluster/build-autoscalers.sh (its path from ``... path NAME``)."""
+def autoscalers(*args: str) -> list[str]:
+    """``tests/cluster/build-autoscalers.sh ARGS``: binary paths, CRD and RBAC files."""
     out = subprocess.run(
-        [str(REPO / "tests" / "cluster" / "build-autoscalers.sh"), "path", name],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return Path(out)
+        [str(BUILD_AUTOSCALERS), *args], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    return out.split()
 
 
-def host_ip() -> str:
-    """The host's address the API server reaches it by (Endpoints refuse loopback addresses)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
-        return str(sock.getsockname()[0])
+def tool(name: str) -> Path:
+    return Path(autoscalers("path", name)[0])
 
 
-def celery_fleet_cli() -> str:
-    return str(Path(sys.executable).parent / "celery-fleet")
-
-
-def _raise_if_dead(process: ManagedProcess, log: Path) -> bool:
+def _raise_if_dead(process: ManagedProcess | None, log: Path) -> bool:
+    assert process is not None
     code = process.returncode()
     if code is not None:
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.exists() else ""
@@ -67,87 +64,227 @@ def _raise_if_dead(process: ManagedProcess, log: Path) -> bool:
     return False
 
 
-@dataclass
-class Exporter:
-    """``celery-fleet exporter`` on the host, reading the test broker."""
+def service_account_kubeconfig(kube: Kube, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig with a TokenRequest token of ``namespace/account``: whatever runs with it
+    has that ServiceAccount's RBAC and nothing more (never the admin certificate)."""
+    admin = yaml.safe_load(Path(kube.kubeconfig).read_text(encoding="utf-8"))
+    token = kube.kubectl("-n", namespace, "create", "token", account, "--duration=2h").strip()
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": account, "namespace": namespace}}],
+        "current-context": "sa",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
 
-    broker_url: str
-    log: Path
-    queues: str = "default,exports,periodic"
-    port: int = field(default_factory=free_port)
-    process: ManagedProcess | None = None
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+def apply_files(kube: Kube, paths: list[str] | list[Path]) -> None:
+    for path in paths:
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
 
-    def start(self) -> Exporter:
-        argv = [
-            celery_fleet_cli(),
-            "exporter",
-            "--broker-url",
-            self.broker_url,
-            "--queues",
-            self.queues,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        self.process = ManagedProcess("exporter", argv, sink=file_sink(self.log)).start()
-        wait_until(
-            lambda: (
-                _raise_if_dead(self.process, self.log)  # type: ignore[arg-type]
-                or httpx.get(f"http://{self.target}/metrics", timeout=2).status_code == 200
-            ),
-            timeout=30,
-            what="the exporter to serve /metrics",
+
+# ------------------------------------------------------------------ Prometheus
+
+
+class ServiceMonitorDiscovery:
+    """What the Prometheus Operator and Prometheus's Kubernetes service discovery do together
+    for a ServiceMonitor, done here because Debian's Prometheus is built without Kubernetes
+    discovery (``kubernetes_sd_configs`` is patched out): every second, the Services of the
+    monitor's namespace that carry its selector's labels, their EndpointSlices' ready
+    endpoints on the named port, written as a ``file_sd`` target list (Prometheus reloads it
+    on change) with the labels the operator sets: namespace, service, pod, endpoint, job.
+    It reads the API with Prometheus's ServiceAccount token, so Prometheus's RBAC is what
+    allows it."""
+
+    def __init__(self, kube: Kube, monitors: list[dict[str, Any]], kubeconfig: Path, directory: Path) -> None:
+        self.kube = Kube({**kube.env, "KUBECONFIG": str(kubeconfig)})
+        self.monitors = monitors
+        self.directory = directory
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def file(self, index: int) -> Path:
+        return self.directory / f"servicemonitor-{index}.json"
+
+    def targets(self, monitor: Mapping[str, Any], endpoint: Mapping[str, Any]) -> list[dict[str, Any]]:
+        namespace = monitor["metadata"]["namespace"]
+        selector = ",".join(
+            f"{k}={v}" for k, v in sorted(monitor["spec"]["selector"].get("matchLabels", {}).items())
         )
+        groups = []
+        for service in self.kube.items("-n", namespace, "services", "-l", selector):
+            name = service["metadata"]["name"]
+            for eps in self.kube.items(
+                "-n", namespace, "endpointslices", "-l", f"kubernetes.io/service-name={name}"
+            ):
+                ports = [p["port"] for p in eps.get("ports") or [] if p.get("name") == endpoint["port"]]
+                for address in eps.get("endpoints") or []:
+                    if not (address.get("conditions") or {}).get("ready"):
+                        continue
+                    for port in ports:
+                        groups.append(
+                            {
+                                "targets": [f"{address['addresses'][0]}:{port}"],
+                                "labels": {
+                                    "namespace": namespace,
+                                    "service": name,
+                                    "pod": (address.get("targetRef") or {}).get("name", ""),
+                                    "endpoint": endpoint["port"],
+                                    "job": name,
+                                },
+                            }
+                        )
+        return groups
+
+    def refresh(self) -> None:
+        for index, (monitor, endpoint) in enumerate(self.endpoints()):
+            text = json.dumps(self.targets(monitor, endpoint), sort_keys=True)
+            path = self.file(index)
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(text, encoding="utf-8")
+                tmp.replace(path)
+
+    def endpoints(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        return [(m, e) for m in self.monitors for e in m["spec"]["endpoints"]]
+
+    def scrape_configs(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "job_name": f"serviceMonitor/{m['metadata']['namespace']}/{m['metadata']['name']}/{i}",
+                "honor_labels": bool(e.get("honorLabels", False)),
+                "scrape_interval": e.get("interval", "30s"),
+                "scrape_timeout": e.get("scrapeTimeout", "900ms"),
+                "metrics_path": e.get("path", "/metrics"),
+                "file_sd_configs": [{"files": [str(self.file(i))], "refresh_interval": "1s"}],
+            }
+            for i, (m, e) in enumerate(self.endpoints())
+        ]
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.refresh()
+            except Exception as exc:  # a busy API server: try again, keep the reason
+                self.errors.append(repr(exc))
+
+    def start(self) -> ServiceMonitorDiscovery:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.refresh()
+        self._thread.start()
         return self
 
-    def backlog(self, queue: str) -> float | None:
-        text = httpx.get(f"http://{self.target}/metrics", timeout=5).text
-        for line in text.splitlines():
-            if line.startswith(f'celery_fleet_queue_backlog{{queue_name="{queue}"}}'):
-                return float(line.rsplit(" ", 1)[1])
-        return None
-
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=15)
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 @dataclass
-class LabelledPrometheus(PrometheusServer):
-    """Prometheus whose scraped series carry ``labels`` (e.g. the namespace, as in a cluster)."""
+class ClusterPrometheus(PrometheusServer):
+    """Debian's Prometheus on this host, scraping what the given ServiceMonitors select."""
 
-    labels: Mapping[str, str] = field(default_factory=dict)
+    discovery: ServiceMonitorDiscovery | None = None
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
     def write_config(self) -> Path:
+        assert self.discovery is not None
         config = {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
-            "scrape_configs": [
-                {
-                    "job_name": job,
-                    "scrape_timeout": "900ms",
-                    "static_configs": [{"targets": [target], "labels": dict(self.labels)}],
-                }
-                for job, target in self.targets.items()
-            ],
+            "scrape_configs": self.discovery.scrape_configs(),
         }
         path = self.data_dir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return path
 
+    def start(self, timeout: float = 60) -> ClusterPrometheus:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.write_config()
+        log = (self.data_dir / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                binary("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+                f"--web.listen-address={self.host}:{self.port}",
+                "--storage.tsdb.retention.time=1h",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self._ready, timeout=timeout, interval=0.25, what=f"prometheus on {self.port} to be ready")
+        return self
+
+    def stop(self) -> None:
+        if self.discovery is not None:
+            self.discovery.stop()
+        super().stop()
+
+    def active_targets(self) -> list[dict[str, Any]]:
+        body = httpx.get(f"{self.url}/api/v1/targets", timeout=5).json()
+        return list(body["data"]["activeTargets"])
+
+
+def start_prometheus(
+    kube: Kube, namespace: str, work_dir: Path, *, release: str, port: int | None = None
+) -> ClusterPrometheus:
+    """Prometheus for one release: its RBAC applied, a token of its ServiceAccount, the
+    release's ServiceMonitors read back from the API server (what the operator would watch).
+    ``port``: one picked earlier (``free_port(kube.host_address)``), e.g. because the release's
+    values already name the server's address."""
+    apply_files(kube, [PROMETHEUS_RBAC])
+    kubeconfig = service_account_kubeconfig(kube, "monitoring", "prometheus", work_dir / "prometheus-sa.yaml")
+    monitors = kube.items(
+        "-n",
+        namespace,
+        "servicemonitors.monitoring.coreos.com",
+        "-l",
+        f"app.kubernetes.io/instance={release}",
+    )
+    assert monitors, f"the release {release} has no ServiceMonitor"
+    discovery = ServiceMonitorDiscovery(kube, monitors, kubeconfig, work_dir / "prometheus-sd").start()
+    server = ClusterPrometheus(
+        data_dir=work_dir / "prometheus",
+        targets={},
+        discovery=discovery,
+        host=kube.host_address,
+        port=port or free_port(kube.host_address),
+    ).start()
+
+    def scraping() -> bool:
+        targets = server.active_targets()
+        return bool(targets) and all(t["health"] == "up" for t in targets)
+
+    wait_until(
+        scraping,
+        timeout=60,
+        interval=0.5,
+        what="Prometheus to scrape the exporter pod via its ServiceMonitor",
+    )
+    return server
+
+
+# ------------------------------------------------------------------ External metrics API
+
 
 def external_metrics_backend(kube: Kube, port: int, *, backend: str) -> None:
     """Point the ``external.metrics.k8s.io`` APIService at a server on this host's ``port``.
 
-    A selectorless Service whose Endpoints are the host address: kube-apiserver runs with
-    ``--enable-aggregator-routing=true``, so its aggregator dials the endpoint itself (there is
-    no kube-proxy). The server's certificate is self-signed, hence ``insecureSkipTLSVerify``.
+    A selectorless Service whose Endpoints are the host's address on the cluster network:
+    kube-apiserver's aggregator dials the Service, kube-proxy on the node forwards it here.
+    The server's certificate is self-signed, hence ``insecureSkipTLSVerify``.
     """
-    ip = host_ip()
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": METRICS_NAMESPACE}},
         {
@@ -165,7 +302,10 @@ def external_metrics_backend(kube: Kube, port: int, *, backend: str) -> None:
                 "labels": {"celery-fleet-e2e/backend": backend},
             },
             "subsets": [
-                {"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}
+                {
+                    "addresses": [{"ip": kube.host_address}],
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+                }
             ],
         },
         {
@@ -194,39 +334,51 @@ def remove_external_metrics_backend(kube: Kube) -> None:
     kube.kubectl("delete", "apiservice", APISERVICE, "--ignore-not-found", check=False)
 
 
-def _kubeconfig_flags(kubeconfig: str, names: Sequence[str]) -> list[str]:
-    return [f"--{n}={kubeconfig}" for n in names]
+def _kubeconfig_flags(kubeconfig: Path) -> list[str]:
+    return [
+        f"--{n}={kubeconfig}"
+        for n in ("lister-kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig")
+    ]
 
 
 @dataclass
 class PrometheusAdapter:
-    """sigs.k8s.io/prometheus-adapter on the host: the External metrics API for the HPA path."""
+    """sigs.k8s.io/prometheus-adapter on this host as ServiceAccount monitoring/prometheus-adapter."""
 
     kube: Kube
     prometheus_url: str
     work_dir: Path
-    port: int = field(default_factory=lambda: free_port("0.0.0.0"))
+    port: int = 0
     process: ManagedProcess | None = None
 
     def start(self) -> PrometheusAdapter:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        apply_files(self.kube, [ADAPTER_RBAC])
+        account = yaml.safe_load_all(ADAPTER_RBAC.read_text(encoding="utf-8"))
+        sa = next(d for d in account if d and d["kind"] == "ServiceAccount")
+        kubeconfig = service_account_kubeconfig(
+            self.kube,
+            sa["metadata"]["namespace"],
+            sa["metadata"]["name"],
+            self.work_dir / "sa-kubeconfig.yaml",
+        )
+        host = self.kube.host_address
+        self.port = free_port(host)
         log = self.work_dir / "prometheus-adapter.log"
         argv = [
             str(tool("prometheus-adapter")),
             f"--prometheus-url={self.prometheus_url}",
             f"--config={ADAPTER_RULES}",
             "--metrics-relist-interval=5s",
+            f"--bind-address={host}",
             f"--secure-port={self.port}",
             f"--cert-dir={self.work_dir / 'certs'}",
-            *_kubeconfig_flags(
-                self.kube.kubeconfig,
-                ["lister-kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig"],
-            ),
+            *_kubeconfig_flags(kubeconfig),
             "--v=2",
         ]
         self.process = ManagedProcess("prometheus-adapter", argv, sink=file_sink(log)).start()
         wait_until(
-            lambda: _raise_if_dead(self.process, log) or port_open("127.0.0.1", self.port),  # type: ignore[arg-type]
+            lambda: _raise_if_dead(self.process, log) or port_open(host, self.port),
             timeout=60,
             what="prometheus-adapter to listen",
         )
@@ -253,80 +405,34 @@ def quantity(text: str) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
-def enqueue(broker_url: str, queue: str, count: int, task: str = "jobs.tasks.noop") -> None:
-    """Publish ``count`` real Celery messages for ``task`` onto ``queue`` (no worker needed)."""
-    from celery import Celery
-
-    app = Celery("e2e-publisher", broker=broker_url, set_as_current=False)
-    with app.producer_or_acquire() as producer:
-        for _ in range(count):
-            app.send_task(task, queue=queue, producer=producer, headers={PUBLISHED_AT_HEADER: time.time()})
-
-
 def self_signed_ca_and_cert(directory: Path, ip: str) -> Path:
     """``ca.crt``, ``tls.crt``, ``tls.key`` (what KEDA reads from its cert dir): a CA and one
     certificate for both ends of KEDA's gRPC link (server and client auth), valid for this host."""
     directory.mkdir(parents=True, exist_ok=True)
 
-    def ssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+    def ssl(command: str) -> None:  # no argument has a space
+        subprocess.run(
+            ["openssl", *command.split()], cwd=directory, check=True, capture_output=True, timeout=60
+        )
 
-    ssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=celery-fleet-e2e-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    )
+    ssl("req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=celery-fleet-e2e-ca -keyout ca.key -out ca.crt")
     (directory / "ext.cnf").write_text(
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth,clientAuth\n"
         f"subjectAltName=DNS:localhost,DNS:keda-operator,IP:127.0.0.1,IP:{ip}\n",
         encoding="utf-8",
     )
+    ssl("req -newkey rsa:2048 -nodes -subj /CN=keda-operator -keyout tls.key -out tls.csr")
     ssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=keda-operator",
-        "-keyout",
-        "tls.key",
-        "-out",
-        "tls.csr",
-    )
-    ssl(
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "tls.crt",
+        "x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out tls.crt"
     )
     return directory
 
 
 @dataclass
 class Keda:
-    """KEDA's operator and metrics API server on the host, against the cluster's kubeconfig.
+    """KEDA's operator and metrics API server on this host, as ServiceAccount keda/keda-operator
+    with the RBAC of KEDA's release manifests (both of KEDA's Deployments use that account).
 
     As in KEDA's own manifests: both share one cert dir (the operator serves gRPC on it, the
     metrics server is its client and serves HTTPS with it); the operator watches every
@@ -335,17 +441,23 @@ class Keda:
 
     kube: Kube
     work_dir: Path
-    port: int = field(default_factory=lambda: free_port("0.0.0.0"))
+    port: int = 0
     grpc_port: int = field(default_factory=free_port)
     processes: list[ManagedProcess] = field(default_factory=list)
 
     def start(self) -> Keda:
-        certs = self_signed_ca_and_cert(self.work_dir / "certs", host_ip())
-        log = self.work_dir / "keda.log"
+        host = self.kube.host_address
+        self.port = free_port(host)
         self.kube.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "keda"}}])
+        apply_files(self.kube, autoscalers("rbac"))
+        kubeconfig = service_account_kubeconfig(
+            self.kube, "keda", "keda-operator", self.work_dir / "sa-kubeconfig.yaml"
+        )
+        certs = self_signed_ca_and_cert(self.work_dir / "certs", host)
+        log = self.work_dir / "keda.log"
         env = {
             **os.environ,
-            "KUBECONFIG": self.kube.kubeconfig,
+            "KUBECONFIG": str(kubeconfig),
             "WATCH_NAMESPACE": "",
             "POD_NAMESPACE": "keda",
             "KEDA_CLUSTER_OBJECT_NAMESPACE": "keda",
@@ -378,6 +490,7 @@ class Keda:
             "keda-adapter",
             [
                 str(tool("keda-adapter")),
+                f"--bind-address={host}",
                 f"--secure-port={self.port}",
                 f"--cert-dir={certs}",
                 f"--tls-cert-file={certs / 'tls.crt'}",
@@ -385,10 +498,7 @@ class Keda:
                 f"--metrics-service-address=127.0.0.1:{self.grpc_port}",
                 "--metrics-service-grpc-authority=localhost",
                 f"--port={free_port()}",
-                *_kubeconfig_flags(
-                    self.kube.kubeconfig,
-                    ["lister-kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig"],
-                ),
+                *_kubeconfig_flags(kubeconfig),
                 "--v=2",
             ],
             env=env,
@@ -396,7 +506,7 @@ class Keda:
         ).start()
         self.processes.append(adapter)
         wait_until(
-            lambda: _raise_if_dead(adapter, log) or port_open("127.0.0.1", self.port),
+            lambda: _raise_if_dead(adapter, log) or port_open(host, self.port),
             timeout=90,
             what="KEDA's metrics API server to listen",
         )

@@ -1,8 +1,8 @@
 """kubectl and helm against the e2e cluster (tests/cluster): thin, loud wrappers.
 
-Every call runs the real binaries built by tests/cluster/build.sh against the cluster's
-kubeconfig; a failing command raises with its stderr so a test failure says what the API
-server answered.
+Every call runs the real binaries (kubectl built by tests/cluster/build.sh, helm from
+tests/support/helm.py) against the cluster's kubeconfig; a failing command raises with its
+stderr so a test failure says what the API server answered.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,18 @@ class Kube:
     @property
     def kubeconfig(self) -> str:
         return self.env["KUBECONFIG"]
+
+    @property
+    def host_address(self) -> str:
+        """This host's address on the cluster's network: where kube-apiserver listens, and what
+        pods and the API server's aggregator reach a server on this host by."""
+        config = yaml.safe_load(Path(self.kubeconfig).read_text(encoding="utf-8"))
+        return str(urllib.parse.urlsplit(config["clusters"][0]["cluster"]["server"]).hostname)
+
+    @property
+    def cluster_home(self) -> Path:
+        """The cluster's folder (tests/cluster/lib.sh CLUSTER_HOME): the kubeconfig lives in it."""
+        return Path(self.kubeconfig).parent
 
     def run(
         self, argv: Sequence[str], *, input: str | None = None, timeout: float = 120, check: bool = True
@@ -106,21 +119,31 @@ def rendered(kube: Kube, release: str, namespace: str, helm_args: Sequence[str])
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def persistent_volumes_for(manifests: Iterable[Mapping[str, Any]], namespace: str) -> list[dict[str, Any]]:
+def persistent_volumes_for(
+    manifests: Iterable[Mapping[str, Any]], namespace: str, root: Path
+) -> list[dict[str, Any]]:
     """A pre-bound hostPath PV for every claim the chart's StatefulSets will create.
 
-    The kwok cluster has no storage provisioner; a PV whose ``claimRef`` names the claim
+    The cluster has no storage provisioner; a PV whose ``claimRef`` names the claim
     ``<template>-<statefulset>-<ordinal>`` is bound to it by kube-controller-manager's PV
     controller as soon as the StatefulSet controller creates the claim, as a provisioner would.
+    Its folder (under ``root``) is made here and given to the pod's user and ``fsGroup``, as a
+    provisioner's volume would be after the kubelet applied ``fsGroup`` (it does not for
+    hostPath).
     """
     volumes = []
     for m in manifests:
         if m.get("kind") != "StatefulSet":
             continue
         sts = m["metadata"]["name"]
+        security = m["spec"]["template"]["spec"].get("securityContext") or {}
         for ordinal in range(int(m["spec"].get("replicas", 1))):
             for tpl in m["spec"].get("volumeClaimTemplates", []):
                 claim = f"{tpl['metadata']['name']}-{sts}-{ordinal}"
+                folder = root / namespace / claim
+                folder.mkdir(parents=True, exist_ok=True)
+                os.chown(folder, int(security.get("runAsUser", 0)), int(security.get("fsGroup", 0)))
+                folder.chmod(0o770)
                 spec = tpl["spec"]
                 volumes.append(
                     {
@@ -135,7 +158,7 @@ def persistent_volumes_for(manifests: Iterable[Mapping[str, Any]], namespace: st
                             "accessModes": spec.get("accessModes", ["ReadWriteOnce"]),
                             "storageClassName": spec.get("storageClassName") or "",
                             "persistentVolumeReclaimPolicy": "Retain",
-                            "hostPath": {"path": f"/tmp/celery-fleet-e2e/{namespace}/{claim}"},
+                            "hostPath": {"path": str(folder), "type": "Directory"},
                             "claimRef": {"namespace": namespace, "name": claim},
                         },
                     }

@@ -100,3 +100,19 @@ class ReplicaTimeline:
                 out.append(f"{t - origin:+.1f}s {v}")
                 last = v
         return " -> ".join(out)
+
+    def pod_seconds(self, name: str, since: float, until: float) -> float:
+        """Replicas integrated over [since, until]: what the group cost (a step function of the
+        samples; each value holds until the next sample)."""
+        with self._lock:
+            samples = [(t, v[name]) for t, v in self.samples if name in v]
+        total, previous = 0.0, None
+        for t, value in samples:
+            if previous is not None:
+                start, end = max(previous[0], since), min(t, until)
+                if end > start:
+                    total += previous[1] * (end - start)
+            previous = (t, value)
+        if previous is not None and until > max(previous[0], since):
+            total += previous[1] * (until - max(previous[0], since))
+        return total

@@ -108,9 +108,9 @@ def build_project_image(project_dir: Path, tag: str, *, app: str, base: str = BA
     return tag
 
 
-def build_standins() -> None:
+def build_standins(redis_tag: str = REDIS_IMAGE, postgres_tag: str = POSTGRES_IMAGE) -> None:
     context = str(DOCKER_DIR / "standins")
-    for dockerfile, tag in (("redis.Dockerfile", REDIS_IMAGE), ("postgres.Dockerfile", POSTGRES_IMAGE)):
+    for dockerfile, tag in (("redis.Dockerfile", redis_tag), ("postgres.Dockerfile", postgres_tag)):
         docker(
             "build",
             "-q",

@@ -12,10 +12,24 @@ from __future__ import annotations
 from typing import Any
 
 from celery_fleet.timings import RESTORE_SWEEP_SECONDS, Timings
+from celery_fleet.transport import TRANSPORT_PATH
+
+
+def is_redis(broker_url: str) -> bool:
+    return broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
+
+
+def broker_transport(broker_url: str) -> str | None:
+    """celery-fleet's reliable Redis transport where it applies (``redis://``, ``rediss://``).
+
+    kombu picks the transport from the URL's scheme unless ``broker_transport`` names one;
+    ``redis+socket://`` and ``sentinel://`` keep kombu's stock transport.
+    """
+    return TRANSPORT_PATH if broker_url.startswith(("redis://", "rediss://")) else None
 
 
 def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any]:
-    if not broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://")):
+    if not is_redis(broker_url):
         return {}
     return {
         # Redis redelivers a message whose worker vanished only after this many seconds:
@@ -58,6 +72,9 @@ def safe_delivery_settings(broker_url: str, timings: Timings) -> dict[str, Any]:
         # Every task gets limits, so no task outlives the visibility timeout.
         "CELERY_TASK_SOFT_TIME_LIMIT": timings.soft_time_limit,
         "CELERY_TASK_TIME_LIMIT": timings.time_limit,
+        # Redis: pop and record a message in one atomic step, so a lost reply cannot lose it,
+        # and dead-letter what cannot be decoded (celery_fleet.transport).
+        "CELERY_BROKER_TRANSPORT": broker_transport(broker_url),
         "CELERY_BROKER_TRANSPORT_OPTIONS": broker_transport_options(broker_url, timings),
         # Outlive a broker restart: keep retrying the connection instead of exiting.
         "CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP": True,

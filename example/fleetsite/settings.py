@@ -9,6 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from celery_fleet import outbox
 from celery_fleet.env import env
 from celery_fleet.presets import safe_delivery_settings
 from celery_fleet.timings import Timings, TimingsError
@@ -147,6 +148,7 @@ CELERY_TASK_ROUTES = {
     "jobs.tasks.export_users": {"queue": EXPORTS_QUEUE},
     "jobs.tasks.cleanup_exports": {"queue": PERIODIC_QUEUE},
     "jobs.tasks.backup_database": {"queue": PERIODIC_QUEUE},
+    "jobs.tasks.sweep_outbox": {"queue": PERIODIC_QUEUE},
 }
 # Beat on Redis with a lock held every loop (celery-redbeat, wrapped): a second beat stands by.
 CELERY_BEAT_SCHEDULER = env.str("CELERY_BEAT_SCHEDULER", "celery_fleet.beat.LockedRedBeatScheduler")
@@ -162,6 +164,10 @@ CELERY_REDBEAT_REDIS_OPTIONS = {
 }
 # No result backend: without this beat adds a daily celery.backend_cleanup on the default queue.
 CELERY_RESULT_EXPIRES = None
+# A job that has shown no sign of life this long, and that the broker holds nowhere, is published
+# again by the outbox sweep (celery_fleet.outbox: the grace period; short timings, short bound).
+OUTBOX_REPUBLISH_AFTER = outbox.republish_after(WORKER_TIMINGS)
+OUTBOX_SWEEP_EVERY = outbox.sweep_interval(WORKER_TIMINGS)
 # Periodic work from settings; people who edit schedules at run time use django-celery-beat.
 CELERY_BEAT_SCHEDULE = {
     "cleanup-exports": {
@@ -174,6 +180,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.tasks.backup_database",
         "schedule": env.float("BACKUP_DATABASE_EVERY", 3600.0, minimum=1),
         "options": {"expires": env.float("BACKUP_DATABASE_EVERY", 3600.0, minimum=1)},
+    },
+    # The outbox: publish again the jobs whose message the broker lost (jobs.services.sweep_outbox).
+    "sweep-outbox": {
+        "task": "jobs.tasks.sweep_outbox",
+        "schedule": float(OUTBOX_SWEEP_EVERY),
+        "options": {"expires": float(OUTBOX_SWEEP_EVERY)},
     },
 }
 # Queues the exporter and autoscaler watch even when no worker consumes them.

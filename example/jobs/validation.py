@@ -8,6 +8,9 @@ from django.conf import settings
 
 from jobs.models import JobKind
 
+#: Longest sleep a timed_work job may ask for (the demo's task time limit is longer).
+TIMED_WORK_MAX = 60
+
 
 class JobRequestError(ValueError):
     """The request cannot become a job; the message tells the client why."""
@@ -25,7 +28,9 @@ def parse_job_request(payload: Any) -> tuple[JobKind, dict[str, Any]]:
     if kind_value not in JobKind.values:
         raise JobRequestError(f"kind must be one of {kinds}; got {kind_value!r}")
     kind = JobKind(kind_value)
-    allowed = {"kind", "fail"} | ({"total"} if kind == JobKind.RANDOM_USERS else set())
+    allowed = {"kind", "fail"} | {JobKind.RANDOM_USERS: {"total"}, JobKind.TIMED_WORK: {"seconds"}}.get(
+        kind, set()
+    )
     unknown = sorted(set(payload) - allowed)
     if unknown:
         raise JobRequestError(f"unknown field(s) for {kind.value}: {', '.join(unknown)}")
@@ -39,6 +44,15 @@ def parse_job_request(payload: Any) -> tuple[JobKind, dict[str, Any]]:
         ):
             raise JobRequestError(f"{total_message()}; got {total!r}")
         params["total"] = total
+    if kind == JobKind.TIMED_WORK:
+        seconds = payload.get("seconds")
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds <= TIMED_WORK_MAX
+        ):
+            raise JobRequestError(f"seconds must be a number from 0 to {TIMED_WORK_MAX}; got {seconds!r}")
+        params["seconds"] = seconds
     fail = payload.get("fail", False)
     if not isinstance(fail, bool):
         raise JobRequestError(f"fail must be true or false; got {fail!r}")

@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from celery_fleet.health import shutting_down
 from jobs.forms import RandomUsersForm
 from jobs.models import ExportFile, Job, JobKind, JobState
-from jobs.services import EnqueueError, submit_job
+from jobs.services import EnqueueError, IdempotencyKeyError, submit_job
 from jobs.validation import JobRequestError, parse_job_request
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,9 @@ def api_jobs(request: HttpRequest) -> JsonResponse:
     except JobRequestError as exc:
         return _error(400, str(exc))
     try:
-        job = submit_job(kind, params)
+        job = submit_job(kind, params, idempotency_key=request.headers.get("Idempotency-Key"))
+    except IdempotencyKeyError as exc:
+        return _error(exc.status, str(exc))
     except EnqueueError as exc:
         return _error(503, str(exc))
     url = request.build_absolute_uri(reverse("api:job", args=[job.id]))

@@ -72,6 +72,11 @@ class TcpProxy:
         with self._lock:
             self._markers.append(marker)
 
+    def pending_markers(self) -> list[bytes]:
+        """Markers armed with ``cut_on_reply`` that no reply has carried yet."""
+        with self._lock:
+            return list(self._markers)
+
     @property
     def open_connections(self) -> int:
         with self._lock:

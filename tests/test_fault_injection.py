@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import chaos
+from tests.support.rabbitmq import rabbitmq_binary
 
 SEEDS = [int(s) for s in os.environ.get("FAULT_SEEDS", "11").split(",")]
 
@@ -39,4 +40,21 @@ def test_every_job_takes_effect_exactly_once_under_faults_on_redis(tmp_path: Pat
     config = chaos.Config(seed=seed, broker="redis", injections=len(chaos.ALL_FAULTS) + 2, jobs=160)
     result = chaos.run(config, tmp_path, progress=print)
     assert set(result.by_kind()) == set(chaos.ALL_FAULTS), "every kind of fault was injected"
+    check(result)
+
+
+@pytest.mark.slow
+def test_every_job_takes_effect_exactly_once_under_faults_on_rabbitmq(tmp_path: Path) -> None:
+    """The no-compromise broker: quorum queues and publisher confirms (celery_fleet.presets)."""
+    try:
+        rabbitmq_binary("rabbitmq-server")
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    faults = tuple(k for k in chaos.ALL_FAULTS if k not in chaos.REDIS_ONLY)
+    config = chaos.Config(
+        seed=SEEDS[0], broker="rabbitmq", injections=len(faults) + 1, jobs=120, faults=faults
+    )
+    result = chaos.run(config, tmp_path, progress=print)
+    assert set(result.by_kind()) == set(faults), "every kind of fault was injected"
+    assert result.broker_facts.get("default") == "quorum", result.broker_facts
     check(result)

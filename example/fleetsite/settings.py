@@ -190,5 +190,8 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Queues the exporter and autoscaler watch even when no worker consumes them.
 CELERY_FLEET_QUEUES = env.list("CELERY_FLEET_QUEUES", [DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE])
+# A stopping worker exits as soon as its running tasks end (celery_fleet.drain); off, it waits the
+# whole drain window as Celery does (kept for side-by-side benchmarks: bench/drain.py).
+CELERY_FLEET_DRAIN_ENDS_WITH_WORK = env.bool("CELERY_FLEET_DRAIN_ENDS_WITH_WORK", True)
 # Folder of the worker's liveness heartbeat and readiness files (probes read them).
 CELERY_FLEET_PROBE_DIR = env.str("CELERY_FLEET_PROBE_DIR", "")

@@ -28,7 +28,24 @@ def broker_transport(broker_url: str) -> str | None:
     return TRANSPORT_PATH if broker_url.startswith(("redis://", "rediss://")) else None
 
 
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+#: Seconds a command may wait on the broker before it fails (and is retried or refused).
+SOCKET_TIMEOUT_SECONDS = 15
+
+
 def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any]:
+    if is_amqp(broker_url):
+        return {
+            # Publisher confirms: a publish returns only once RabbitMQ has the message (on a
+            # quorum queue: on a majority of nodes, on disk), so a 202 means it is durable.
+            "confirm_publish": True,
+            # A hung broker fails a publish (and its confirm) instead of hanging the request.
+            "read_timeout": SOCKET_TIMEOUT_SECONDS,
+            "write_timeout": SOCKET_TIMEOUT_SECONDS,
+        }
     if not is_redis(broker_url):
         return {}
     return {
@@ -44,9 +61,25 @@ def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any
         "priority_steps": list(range(10)),
         "queue_order_strategy": "priority",
         # Fail fast and retry instead of hanging on a half-open TCP connection.
-        "socket_timeout": 15,
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
+    }
+
+
+def amqp_settings(broker_url: str) -> dict[str, Any]:
+    """What RabbitMQ needs on top: quorum queues (Celery >= 5.5) and fast dead-peer detection."""
+    if not is_amqp(broker_url):
+        return {}
+    return {
+        # Quorum queues: replicated (Raft), fsynced before a publish is confirmed, and they
+        # count deliveries (x-delivery-count) so a policy's delivery-limit can dead-letter.
+        "CELERY_TASK_DEFAULT_QUEUE_TYPE": "quorum",
+        "CELERY_TASK_CREATE_MISSING_QUEUE_TYPE": "quorum",
+        # Quorum queues have no global QoS: Celery then uses per-consumer prefetch.
+        "CELERY_WORKER_DETECT_QUORUM_QUEUES": True,
+        # Notice a dead or hung broker in ~20 s (two missed heartbeats), not 4 minutes.
+        "CELERY_BROKER_HEARTBEAT": 10,
     }
 
 
@@ -54,6 +87,7 @@ def safe_delivery_settings(broker_url: str, timings: Timings) -> dict[str, Any]:
     """The ``CELERY_*`` settings for at-least-once delivery that survives worker loss."""
     timings = timings.validated()
     return {
+        **amqp_settings(broker_url),
         "CELERY_BROKER_URL": broker_url,
         # Acknowledge after the task ran, not before: a worker that dies mid-task leaves
         # the message on the broker to be redelivered instead of losing it.

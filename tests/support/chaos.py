@@ -8,8 +8,10 @@ are injected at random moments:
 
 * workers: SIGTERM (drain), SIGKILL of the whole process group (a pod kill), SIGKILL of a
   pool child (the OOM killer), SIGSTOP for a few seconds;
-* the broker: SIGKILL then restart on the same data (inside its fsync window), SIGSTOP for
-  up to ~20 s (a hung server: publishes time out, the API answers 503);
+* the broker: SIGKILL then restart on the same data; on Redis also a *node* crash, which
+  loses what the append-only file had not fsynced yet (the file is cut back to its size of
+  a second before: ``appendfsync everysec``); SIGSTOP for up to ~20 s (a hung server:
+  publishes time out, the API answers 503);
 * the network: every connection cut at once, and a connection cut exactly while a
   worker's pop reply is in flight (the proxy drops the reply carrying a chosen job);
 * the web: SIGKILL of gunicorn mid-submit, then a restart.
@@ -28,6 +30,7 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -46,7 +49,7 @@ from celery_fleet.local.redis_server import RedisServer
 from celery_fleet.local.waiting import free_port, wait_until
 from tests.support.fleet import Fleet, base_env, migrate
 from tests.support.ledger import JobRow, Run, read_jobs, read_runs
-from tests.support.rabbitmq import RabbitMQServer
+from tests.support.rabbitmq import RabbitMQServer, rabbitmq_binary
 from tests.support.tcp_proxy import TcpProxy
 
 #: Short limits so a run takes minutes; the same rules as production (celery_fleet.timings).
@@ -63,7 +66,9 @@ DURATIONS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
 WEIGHTS = (25, 20, 20, 15, 10, 6, 4)
 
 WORKER_FAULTS = ("worker_sigterm", "worker_sigkill", "child_sigkill", "worker_sigstop")
-BROKER_FAULTS = ("broker_sigkill", "broker_sigstop")
+BROKER_FAULTS = ("broker_sigkill", "broker_node_crash", "broker_sigstop")
+#: Faults that only make sense on one broker.
+REDIS_ONLY = frozenset({"broker_node_crash"})
 NETWORK_FAULTS = ("tcp_cut_all", "tcp_cut_pop")
 WEB_FAULTS = ("web_sigkill",)
 ALL_FAULTS = WORKER_FAULTS + BROKER_FAULTS + NETWORK_FAULTS + WEB_FAULTS
@@ -107,6 +112,9 @@ class Result:
     log_path: Path
     settled: bool = True
     errors: list[str] = field(default_factory=list)
+    #: What the broker says about itself at the end (RabbitMQ: each queue's type).
+    broker_facts: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
 
     def run_of(self, job_id: str) -> Run:
         return self.runs.get(job_id) or Run(job_id, 0, 0, 0)
@@ -187,6 +195,7 @@ class Broker:
         else:
             self.rabbit = RabbitMQServer(data_dir=data_dir / "rabbitmq")
         self.proxy = TcpProxy("127.0.0.1", self.port)
+        self._aof_sizes: list[tuple[float, Path, int]] = []
 
     @property
     def port(self) -> int:
@@ -216,6 +225,35 @@ class Broker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, sig) if self.rabbit else process.send_signal(sig)
 
+    def sample_aof(self) -> None:
+        """Remember the AOF's size now (a thread calls this a few times a second)."""
+        path = self._incr_aof()
+        if path is not None:
+            with contextlib.suppress(OSError):
+                self._aof_sizes.append((time.monotonic(), path, path.stat().st_size))
+                del self._aof_sizes[:-50]
+
+    def _incr_aof(self) -> Path | None:
+        if self.redis is None:
+            return None
+        files = sorted(
+            (self.redis.data_dir / "appendonlydir").glob("*.incr.aof"), key=lambda p: p.stat().st_mtime
+        )
+        return files[-1] if files else None
+
+    def lose_unsynced_tail(self, window: float = 1.0) -> int:
+        """Cut the current AOF back to its size ``window`` seconds ago (after the process died)."""
+        path = self._incr_aof()
+        if path is None:
+            return 0
+        old = [size for at, p, size in self._aof_sizes if p == path and at <= time.monotonic() - window]
+        if not old:
+            return 0
+        size = path.stat().st_size
+        with path.open("r+b") as fh:
+            fh.truncate(old[-1])
+        return size - old[-1]
+
     def restart_after_kill(self) -> None:
         process = self.popen()
         if process is not None:
@@ -224,6 +262,19 @@ class Broker:
             self.redis.start()
         else:
             self.rabbit.start(timeout=180)  # type: ignore[union-attr]
+
+    def facts(self) -> dict[str, str]:
+        if self.rabbit is None:
+            return {"persistence": "appendonly everysec"}
+        out = subprocess.run(
+            [rabbitmq_binary("rabbitmqctl"), "list_queues", "name", "type", "--quiet", "--no-table-headers"],
+            env=self.rabbit.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        ).stdout
+        return {name: kind for name, kind in (line.split()[:2] for line in out.splitlines() if line.strip())}
 
     def stop(self) -> None:
         self.proxy.stop()
@@ -257,6 +308,9 @@ class Chaos:
     # --- the fleet ----------------------------------------------------------------------
     def start(self) -> None:
         self.broker.start()
+        if self.broker.redis is not None:
+            self._sampler = threading.Thread(target=self._sample_aof, name="aof-sampler", daemon=True)
+            self._sampler.start()
         extra = {
             **TIMINGS_ENV,
             "GUNICORN_TIMEOUT": "90",
@@ -269,6 +323,10 @@ class Chaos:
         self.workers = [self.fleet.start_worker(("default",)) for _ in range(self.config.workers)]
         self._start_web()
         self.fleet.start("sweeper", roles.manage_argv("sweep_outbox", "--every", "2"))
+
+    def _sample_aof(self) -> None:
+        while not self._stopping.wait(0.2):
+            self.broker.sample_aof()
 
     def _start_web(self) -> None:
         assert self.fleet is not None
@@ -394,6 +452,19 @@ class Chaos:
         self._trouble(time.time() + SOCKET_TIMEOUT)
         return Injection("broker_sigkill", at, busy, explains=self.config.workers)
 
+    def _broker_node_crash(self) -> Injection:
+        """The machine dies: the process is gone and the last second of the AOF never hit the disk."""
+        busy = self._broker_busy()
+        at = time.time()
+        self.broker.signal(signal.SIGKILL)
+        lost = self.broker.lose_unsynced_tail()
+        time.sleep(self.rng.uniform(0.2, 2.0))
+        self.broker.restart_after_kill()
+        self._trouble(time.time() + SOCKET_TIMEOUT)
+        return Injection(
+            "broker_node_crash", at, busy, explains=self.config.workers, note=f"{lost} bytes lost"
+        )
+
     def _broker_sigstop(self) -> Injection:
         busy = self._broker_busy()
         at = time.time()
@@ -457,13 +528,14 @@ def _signal_group(process: ManagedProcess, sig: int) -> None:
 def fault_schedule(config: Config, rng: random.Random) -> Iterator[str]:
     """Every kind once per round, in a shuffled order: coverage with random order."""
     while True:
-        kinds = list(config.faults)
+        kinds = [k for k in config.faults if config.broker == "redis" or k not in REDIS_ONLY]
         rng.shuffle(kinds)
         yield from kinds
 
 
 def run(config: Config, data_dir: Path, *, progress: Callable[[str], None] = lambda _: None) -> Result:
     chaos = Chaos(config, data_dir)
+    run_began = time.monotonic()
     chaos.start()
     try:
         rng = chaos.rng
@@ -537,6 +609,8 @@ def run(config: Config, data_dir: Path, *, progress: Callable[[str], None] = lam
             log_path=data_dir / "fleet.log",
             settled=settled,
             errors=chaos.errors,
+            broker_facts=chaos.broker.facts(),
+            seconds=time.monotonic() - run_began,
         )
     finally:
         chaos.stop()

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from celery_fleet.exporter.amqp_accounting import AmqpAccounting
 from celery_fleet.exporter.events import WorkerInfo, WorkerTable
 from celery_fleet.exporter.redis_accounting import DEFAULT_HELD_LIMIT, QueueStats, read_queues
+from celery_fleet.transport import DEAD_LETTER_KEY
 
 logger = logging.getLogger("celery_fleet.exporter.collectors")
 
@@ -137,6 +138,13 @@ class RedisQueueCollector(Collector):
             age = self.unstamped.age(queue, s, now)
             oldest.add_metric([queue], age or 0.0)
             unstamped.add_metric([queue], 1 if s.unstamped_oldest else 0)
+        # Messages celery_fleet.transport moved aside (undecodable, rejected, over the delivery
+        # limit): each waits for `celery-fleet dead-letter` -- alert when it is not 0.
+        dead_letters = GaugeMetricFamily(
+            "celery_fleet_dead_letter_messages",
+            "Messages in the Redis dead-letter list (celery-fleet dead-letter list|requeue|drop).",
+        )
+        dead_letters.add_metric([], self.client.llen(f"{self.key_prefix}{DEAD_LETTER_KEY}"))
         truncated = GaugeMetricFamily(
             "celery_fleet_exporter_held_truncated",
             "1 if the unacked hash was larger than the read limit (held counts are then a lower bound).",
@@ -149,7 +157,18 @@ class RedisQueueCollector(Collector):
             "celery_fleet_exporter_broker_read_seconds", "Time this scrape spent reading the broker."
         )
         read.add_metric([], seconds)
-        yield from (length, by_priority, held_gauge, backlog, oldest, unstamped, truncated, up, read)
+        yield from (
+            length,
+            by_priority,
+            held_gauge,
+            backlog,
+            oldest,
+            unstamped,
+            dead_letters,
+            truncated,
+            up,
+            read,
+        )
 
 
 class AmqpQueueCollector(Collector):

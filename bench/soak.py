@@ -67,7 +67,13 @@ def failures(result: chaos.Result) -> list[str]:
 
 
 def soak(
-    seeds: list[int], injections: int, broker: str, workers: int, pace: tuple[float, float], keep: bool
+    seeds: list[int],
+    injections: int,
+    broker: str,
+    workers: int,
+    pace: tuple[float, float],
+    keep: bool,
+    jobs_per_injection: int = 6,
 ) -> list[chaos.Result]:
     results = []
     for seed in seeds:
@@ -77,7 +83,7 @@ def soak(
             broker=broker,
             workers=workers,
             injections=injections,
-            jobs=injections * 6,
+            jobs=injections * jobs_per_injection,
             pace=pace,
             faults=faults,
         )
@@ -162,6 +168,7 @@ def main() -> None:
     parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--pace", default="0.4,1.2", help="Seconds between injections: min,max.")
+    parser.add_argument("--jobs-per-injection", type=int, default=6, help="Jobs submitted per injection.")
     parser.add_argument("--keep", action="store_true", help="Keep every run's folder (logs, database).")
     args = parser.parse_args()
     low, high = (float(x) for x in args.pace.split(","))
@@ -174,6 +181,7 @@ def main() -> None:
         args.workers,
         (low, high),
         args.keep,
+        args.jobs_per_injection,
     )
     print(f"\nsoak: {time.monotonic() - began:.0f}s, {load_line()}")
     print(table(results))

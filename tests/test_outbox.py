@@ -226,3 +226,22 @@ def _post_or_error(url: str, body: dict[str, object], key: str) -> object:
         return post(url, body, key=key, timeout=60)
     except httpx.HTTPError as exc:
         return exc
+
+
+def test_which_jobs_are_lost_pure_logic() -> None:
+    quiet, recent = 1000.0, 1000.0 + BOUND - 1
+    now = 1000.0 + BOUND
+    jobs = [
+        outbox.Pending("queued", "default", quiet, published=True),
+        outbox.Pending("held", "exports", quiet, published=True),
+        outbox.Pending("gone", "exports", quiet, published=True),
+        outbox.Pending("never-published", "exports", quiet, published=False),
+        outbox.Pending("recent", "exports", recent, published=False),
+    ]
+    view = outbox.BrokerView(waiting={"default": 3, "exports": 1}, seen_ids=frozenset({"queued", "held"}))
+    assert [j.task_id for j in outbox.lost(jobs, view, now=now, bound=BOUND)] == ["gone", "never-published"]
+    # Too many messages to look through: nothing is published again until the backlog shrinks.
+    blind = outbox.BrokerView(waiting={"default": 30_000}, complete=False)
+    assert outbox.lost(jobs, blind, now=now, bound=BOUND) == []
+    # RabbitMQ cannot be looked into: only what was never confirmed is published again.
+    assert [j.task_id for j in outbox.lost(jobs, None, now=now, bound=BOUND)] == ["never-published"]

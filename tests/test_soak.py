@@ -15,7 +15,11 @@ from tests.support.fleet import REPO
 @pytest.mark.slow
 def test_a_short_soak_loses_and_doubles_nothing() -> None:
     out = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "soak.py"), "--seeds", "5", "--injections", "100"],
+        [
+            sys.executable,
+            str(REPO / "bench" / "soak.py"),
+            *("--seeds", "5", "--injections", "100", "--pace", "0.3,0.9", "--jobs-per-injection", "4"),
+        ],
         capture_output=True,
         text=True,
         timeout=1200,
@@ -28,5 +32,5 @@ def test_a_short_soak_loses_and_doubles_nothing() -> None:
     injections, busy, jobs, lost, doubled = (int(x) for x in total.groups())
     assert injections >= 100
     assert busy >= 1
-    assert jobs >= 100
+    assert jobs >= 400
     assert (lost, doubled) == (0, 0)

@@ -250,3 +250,28 @@ def test_the_dead_letter_command_lists_requeues_and_drops(url: str, redis_client
     dropped = subprocess.run([*cli, "drop", *env_url, "--all"], capture_output=True, text=True, timeout=60)
     assert "dropped 1" in dropped.stdout
     assert redis_client.llen(DEAD_LETTER_KEY) == 0
+
+
+def test_the_outbox_view_sees_waiting_held_and_dead_lettered_task_ids(
+    url: str, redis_client: redis.Redis
+) -> None:
+    from celery_fleet import outbox
+    from celery_fleet.transport import dead_letter_entry
+    from tests.support.ledger import send_tasks
+
+    send_tasks(url, [("jobs.tasks.noop", (), f"task-{i}") for i in range(3)], "default")
+    with Connection(url, transport=TRANSPORT_PATH, transport_options=OPTIONS) as conn:
+        held: list[Any] = []
+        with Consumer(conn, [queue("default")], callbacks=[lambda _, m: held.append(m)], prefetch_count=1):
+            conn.drain_events(timeout=5)  # task-0 is now held, unacked
+            redis_client.lpush(
+                DEAD_LETTER_KEY, dead_letter_entry("default", "test", redis_client.lindex("default", 0))
+            )
+            redis_client.lpop("default")  # ...and task-2 (the newest, at the head) only there
+            view = outbox.redis_view(redis_client, ["default"])
+            assert view.complete
+            assert view.waiting == {"default": 1}
+            assert {"task-0", "task-1", "task-2"} <= view.seen_ids
+            assert view.where(outbox.Pending("task-9", "default", 0, True)) is None
+            assert not outbox.redis_view(redis_client, ["default"], limit=2).complete
+            held[0].ack()

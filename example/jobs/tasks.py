@@ -182,6 +182,10 @@ def run_timed_job(self: Any, job_id: str) -> dict[str, Any]:
         return _skipped(job_id)
     seconds = float(job.params.get("seconds", 0))
     result = {"seconds": seconds}
+    if job.params.get("fail"):
+        time.sleep(seconds)
+        progress.mark_failed(job.id, "DemoFailure: failed on purpose (the job was submitted with fail=true)")
+        raise DemoFailure("failed on purpose (the job was submitted with fail=true)")
     _timed(str(job.id), seconds, lambda: progress.mark_succeeded(job.id, result))
     return result
 

@@ -11,9 +11,10 @@ one atomic script: it is in the dead-letter list or back on its queue, never in 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,8 +140,8 @@ def _client(broker_url: str) -> Any:
 
     if not broker_url.startswith(("redis://", "rediss://")):
         raise click.BadParameter(
-            "the dead-letter list lives on Redis brokers (redis://, rediss://); on RabbitMQ look at the "
-            "queues' dead-letter queues (<queue>.dead-letter)",
+            "the dead-letter list lives on Redis brokers (redis://, rediss://); on RabbitMQ dead letters "
+            "go where the queues' policy sends them (dead-letter-exchange; see the README)",
             param_hint="--broker-url",
         )
     return redis.Redis.from_url(broker_url, socket_timeout=15, socket_connect_timeout=5)
@@ -197,18 +198,32 @@ def list_command(broker_url: str, limit: int, as_json: bool) -> None:
         )
 
 
+def selection(verb: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options of a command that acts on chosen entries; the command gets the entries."""
+
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        @broker_option
+        @limit_option
+        @click.option("--all", "every", is_flag=True, help="Every entry read (up to --limit).")
+        @click.argument("indexes", nargs=-1, type=int)
+        @functools.wraps(command)
+        def run(broker_url: str, limit: int, every: bool, indexes: tuple[int, ...]) -> None:
+            if not every and not indexes:
+                raise click.UsageError(f"name the entries to {verb} (INDEX ...) or pass --all")
+            client = _client(broker_url)
+            command(client, _chosen(read(client, limit=limit), indexes, every))
+
+        return run
+
+    return wrap
+
+
 @dead_letter_command.command("requeue")
-@broker_option
-@limit_option
-@click.option("--all", "every", is_flag=True, help="Every entry read (up to --limit).")
-@click.argument("indexes", nargs=-1, type=int)
-def requeue_command(broker_url: str, limit: int, every: bool, indexes: tuple[int, ...]) -> None:
+@selection("requeue")
+def requeue_command(client: Any, letters: list[DeadLetter]) -> None:
     """Put entries back on their queues (delivery count reset); INDEX as `list` shows it."""
-    if not every and not indexes:
-        raise click.UsageError("name the entries to requeue (INDEX ...) or pass --all")
-    client = _client(broker_url)
     moved = skipped = 0
-    for letter in _chosen(read(client, limit=limit), indexes, every):
+    for letter in letters:
         try:
             if requeue(client, letter):
                 moved += 1
@@ -220,14 +235,7 @@ def requeue_command(broker_url: str, limit: int, every: bool, indexes: tuple[int
 
 
 @dead_letter_command.command("drop")
-@broker_option
-@limit_option
-@click.option("--all", "every", is_flag=True, help="Every entry read (up to --limit).")
-@click.argument("indexes", nargs=-1, type=int)
-def drop_command(broker_url: str, limit: int, every: bool, indexes: tuple[int, ...]) -> None:
+@selection("drop")
+def drop_command(client: Any, letters: list[DeadLetter]) -> None:
     """Delete entries for good; INDEX as `list` shows it."""
-    if not every and not indexes:
-        raise click.UsageError("name the entries to drop (INDEX ...) or pass --all")
-    client = _client(broker_url)
-    dropped = sum(drop(client, letter) for letter in _chosen(read(client, limit=limit), indexes, every))
-    click.echo(f"dropped {dropped} message(s)")
+    click.echo(f"dropped {sum(drop(client, letter) for letter in letters)} message(s)")

@@ -5,9 +5,10 @@ A broker can drop a message it accepted: Redis with ``appendfsync everysec`` los
 the last second of writes when it crashes (SIGKILL, OOM kill, node loss), and a producer
 can die between committing a job and publishing it.  The job row outlives both; what is
 missing is a way to tell "still waiting or running" from "gone".  On Redis that question
-has an exact, cheap answer at one instant (one ``MULTI``): a message is *queued* (its
-queue's lists are not empty -- then it may be among them), *held* (its task id is in
-``unacked``) or *dead-lettered* (in ``celery-fleet:dead-letter``), or it is nowhere.  A job
+has an exact answer at one instant (one read-only script): a message is *waiting* in one
+of its queue's lists, *held* in ``unacked`` or *dead-lettered* in ``celery-fleet:dead-letter``,
+or it is nowhere.  (Above :data:`LOOK_LIMIT` messages the look is skipped and nothing is
+republished until the backlog shrinks.)  A job
 that has shown no sign of life for :func:`republish_after` seconds and is nowhere is
 published again; its task is idempotent by job id, so a second copy is harmless.
 
@@ -21,7 +22,6 @@ timings); the project owns its job table and calls it from a periodic task.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,23 +62,54 @@ class Pending:
     published: bool
 
 
+#: Most messages (waiting, held, dead-lettered) one look reads inside Redis: a few MB, a few
+#: milliseconds of Redis time, and only when some job is overdue.
+LOOK_LIMIT = 20_000
+
+#: One atomic look: how many messages wait per queue, and the task ids of every message that is
+#: waiting, held or dead-lettered (unless there are more than the limit).  KEYS: unacked,
+#: dead-letter list, then per queue its priority lists.  ARGV: limit, lists per queue.
+LOOK_SCRIPT = """#!lua flags=no-writes
+local limit, steps = tonumber(ARGV[1]), tonumber(ARGV[2])
+local nqueues = (#KEYS - 2) / steps
+local waiting = {}
+local total = redis.call('HLEN', KEYS[1]) + redis.call('LLEN', KEYS[2])
+for q = 1, nqueues do
+  local n = 0
+  for p = 1, steps do n = n + redis.call('LLEN', KEYS[2 + (q - 1) * steps + p]) end
+  waiting[q] = n
+  total = total + n
+end
+if total > limit then return {waiting, 0, {}} end
+local ids = {}
+local function add(message)
+  local id = string.match(message, '"id": ?"([^"]+)"')
+  if id then ids[#ids + 1] = id end
+end
+for _, m in ipairs(redis.call('HVALS', KEYS[1])) do add(m) end
+for i = 2, #KEYS do
+  for _, m in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do add(m) end
+end
+return {waiting, 1, ids}
+"""
+
+
 @dataclass(frozen=True)
 class BrokerView:
-    """What a Redis broker held at one instant: how many wait per queue, which ids are held
-    or dead-lettered."""
+    """What a Redis broker held at one instant: how many messages wait per queue and, when it
+    could look through them all, the task id of every message waiting, held or dead-lettered."""
 
     waiting: Mapping[str, int]
-    held_ids: frozenset[str] = field(default_factory=frozenset)
-    dead_ids: frozenset[str] = field(default_factory=frozenset)
+    seen_ids: frozenset[str] = field(default_factory=frozenset)
+    #: False when there were more messages than :data:`LOOK_LIMIT`: ``seen_ids`` is then empty.
+    complete: bool = True
 
     def where(self, job: Pending) -> str | None:
         """Where the job's message may be, or None if it is nowhere."""
-        if job.task_id in self.held_ids:
-            return "held by a worker"
-        if job.task_id in self.dead_ids:
-            return "in the dead-letter list"
-        if self.waiting.get(job.queue, 0):
-            return "perhaps waiting in its queue"
+        if job.task_id in self.seen_ids:
+            return "on the broker (waiting, held or dead-lettered)"
+        if not self.complete:
+            return "unknown: too many messages to look through"
         return None
 
 
@@ -94,38 +125,19 @@ def lost(jobs: Iterable[Pending], view: BrokerView | None, *, now: float, bound:
     return [job for job in quiet if view.where(job) is None]
 
 
-def _ids_of(records: Iterable[bytes], *, dead_letters: bool) -> frozenset[str]:
-    ids: set[str] = set()
-    for record in records:
-        try:
-            # A dead letter is "<metadata>\n<message>"; a held record is [message, exchange, key].
-            message = json.loads(record.partition(b"\n")[2]) if dead_letters else json.loads(record)[0]
-            task_id = message["headers"]["id"]
-        except (ValueError, KeyError, TypeError, IndexError):
-            continue
-        if isinstance(task_id, str):
-            ids.add(task_id)
-    return frozenset(ids)
-
-
 def redis_view(
-    client: Any, queues: Sequence[str], *, priority_steps: Iterable[int] = range(10)
+    client: Any, queues: Sequence[str], *, priority_steps: Iterable[int] = range(10), limit: int = LOOK_LIMIT
 ) -> BrokerView:
-    """One atomic look (``MULTI``) at the queues' lists, ``unacked`` and the dead-letter list."""
+    """One atomic look (:data:`LOOK_SCRIPT`) at the queues' lists, ``unacked`` and the dead letters."""
     steps = list(priority_steps)
-    with client.pipeline(transaction=True) as pipe:
-        for queue in queues:
-            for step in steps:
-                pipe.llen(queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}")
-        pipe.hvals(UNACKED_KEY)
-        pipe.lrange(DEAD_LETTER_KEY, 0, -1)
-        replies = pipe.execute()
-    held, dead = replies[-2], replies[-1]
-    waiting = {queue: sum(replies[i * len(steps) : (i + 1) * len(steps)]) for i, queue in enumerate(queues)}
+    keys = [UNACKED_KEY, DEAD_LETTER_KEY] + [
+        queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for queue in queues for step in steps
+    ]
+    waiting, complete, ids = client.eval(LOOK_SCRIPT, len(keys), *keys, limit, len(steps))
     return BrokerView(
-        waiting=waiting,
-        held_ids=_ids_of(held, dead_letters=False),
-        dead_ids=_ids_of(dead, dead_letters=True),
+        waiting=dict(zip(queues, (int(n) for n in waiting), strict=True)),
+        seen_ids=frozenset(i.decode() if isinstance(i, bytes) else str(i) for i in ids),
+        complete=bool(complete),
     )
 
 

@@ -255,13 +255,22 @@ class Broker:
         return size - old[-1]
 
     def restart_after_kill(self) -> None:
+        """Start again on the same data, on fresh ports behind the same proxy address.
+
+        Never on the old port: on a shared machine another test may take a freed port in the
+        moment it is free, and its workers would then consume from this broker.
+        """
         process = self.popen()
         if process is not None:
             process.wait(30)
         if self.redis:
+            self.redis.port = free_port()
             self.redis.start()
         else:
-            self.rabbit.start(timeout=180)  # type: ignore[union-attr]
+            assert self.rabbit is not None
+            self.rabbit.port, self.rabbit.dist_port = free_port(), free_port()
+            self.rabbit.start(timeout=180)
+        self.proxy.upstream_port = self.port
 
     def facts(self) -> dict[str, str]:
         if self.rabbit is None:

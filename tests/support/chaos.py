@@ -312,6 +312,9 @@ class Chaos:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._timers: list[threading.Timer] = []
+        self._threads: list[threading.Thread] = []
+        self._broker_lock = threading.Lock()
+        self._web_lock = threading.Lock()
         self.broker_trouble_until = 0.0
 
     # --- the fleet ----------------------------------------------------------------------
@@ -340,16 +343,36 @@ class Chaos:
     def _start_web(self) -> None:
         assert self.fleet is not None
         self.fleet.start_web(port=self.web_port, extra_env={"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"})
-        self.web = self.fleet.processes[-1]
+        # Workers start from other threads meanwhile: the newest process named "web" is this one.
+        self.web = next(p for p in reversed(self.fleet.processes) if p.name == "web")
 
     @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
     def _replace_worker(self, victim: ManagedProcess) -> None:
+        """Keep the replica count, as a Deployment does: a new worker the moment one goes."""
         assert self.fleet is not None
-        self.workers.remove(victim)
-        self.workers.append(self.fleet.start_worker(("default",), wait_ready=False))
+        with self._lock:
+            if victim in self.workers:
+                self.workers.remove(victim)
+        replacement = self.fleet.start_worker(("default",), wait_ready=False)
+        with self._lock:
+            self.workers.append(replacement)
+
+    def _background(self, name: str, action: Callable[[], None]) -> None:
+        """What a fault sets off (a drain, a restart) runs beside the injector, which keeps its pace."""
+
+        def guarded() -> None:
+            try:
+                action()
+            except Exception as exc:  # a broken harness must fail the run, not hide
+                with self._lock:
+                    self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -409,19 +432,25 @@ class Chaos:
         victim, busy = self._victim()
         at = time.time()
         victim.send(signal.SIGTERM)
-        began = time.monotonic()
-        note = victim.name
-        if victim.wait(GRACE) is None:
-            # What the kubelet does at the end of the grace period.
-            _signal_group(victim, signal.SIGKILL)
-            victim.wait(10)
-            if at > self.broker_trouble_until:
-                self.errors.append(f"{victim.name} outlived its grace period after SIGTERM (broker healthy)")
-            note += " (SIGKILLed at the end of the grace period: the broker was hung)"
-        else:
-            self.drains.append(time.monotonic() - began)
         self._replace_worker(victim)
-        return Injection("worker_sigterm", at, busy, explains=1, note=note)
+
+        def drain() -> None:
+            began = time.monotonic()
+            if victim.wait(GRACE) is None:
+                # What the kubelet does at the end of the grace period.
+                _signal_group(victim, signal.SIGKILL)
+                victim.wait(10)
+                if at > self.broker_trouble_until:
+                    with self._lock:
+                        self.errors.append(
+                            f"{victim.name} outlived its grace period after SIGTERM (broker healthy)"
+                        )
+            else:
+                with self._lock:
+                    self.drains.append(time.monotonic() - began)
+
+        self._background(f"drain-{victim.name}", drain)
+        return Injection("worker_sigterm", at, busy, explains=1, note=victim.name)
 
     def _worker_sigkill(self) -> Injection:
         victim, busy = self._victim()
@@ -453,34 +482,43 @@ class Chaos:
         return Injection("worker_sigstop", at, busy, explains=1, note=f"{victim.name} {frozen:.1f}s")
 
     def _broker_sigkill(self) -> Injection:
-        busy = self._broker_busy()
-        at = time.time()
-        self.broker.signal(signal.SIGKILL)
-        time.sleep(self.rng.uniform(0.2, 2.0))
-        self.broker.restart_after_kill()
-        self._trouble(time.time() + SOCKET_TIMEOUT)
-        return Injection("broker_sigkill", at, busy, explains=self.config.workers)
+        return self._broker_crash("broker_sigkill", lose_tail=False)
 
     def _broker_node_crash(self) -> Injection:
         """The machine dies: the process is gone and the last second of the AOF never hit the disk."""
+        return self._broker_crash("broker_node_crash", lose_tail=True)
+
+    def _broker_crash(self, kind: str, *, lose_tail: bool) -> Injection:
         busy = self._broker_busy()
         at = time.time()
-        self.broker.signal(signal.SIGKILL)
-        lost = self.broker.lose_unsynced_tail()
-        time.sleep(self.rng.uniform(0.2, 2.0))
-        self.broker.restart_after_kill()
-        self._trouble(time.time() + SOCKET_TIMEOUT)
-        return Injection(
-            "broker_node_crash", at, busy, explains=self.config.workers, note=f"{lost} bytes lost"
-        )
+        down = self.rng.uniform(0.2, 2.0)
+        self._trouble(at + down + 30 + SOCKET_TIMEOUT)
+
+        def crash() -> None:
+            with self._broker_lock:
+                self.broker.signal(signal.SIGKILL)
+                if lose_tail:
+                    self.broker.lose_unsynced_tail()
+                time.sleep(down)
+                self.broker.restart_after_kill()
+                self._trouble(time.time() + SOCKET_TIMEOUT)
+
+        self._background(kind, crash)
+        return Injection(kind, at, busy, explains=self.config.workers)
 
     def _broker_sigstop(self) -> Injection:
         busy = self._broker_busy()
         at = time.time()
-        self.broker.signal(signal.SIGSTOP)
         hung = self.rng.uniform(2.0, 20.0)
-        self._later(hung, lambda: self.broker.signal(signal.SIGCONT))
-        self._trouble(at + hung + SOCKET_TIMEOUT)
+        self._trouble(at + hung + 30 + SOCKET_TIMEOUT)
+
+        def hang() -> None:
+            with self._broker_lock:
+                self.broker.signal(signal.SIGSTOP)
+                time.sleep(hung)
+                self.broker.signal(signal.SIGCONT)
+
+        self._background("broker_sigstop", hang)
         return Injection("broker_sigstop", at, busy, explains=self.config.workers, note=f"{hung:.1f}s")
 
     def _trouble(self, until: float) -> None:
@@ -505,14 +543,18 @@ class Chaos:
         return Injection("tcp_cut_pop", at, False, explains=0, note=job_id)
 
     def _web_sigkill(self) -> Injection:
-        assert self.web is not None
-        assert self.fleet is not None
         at = time.time()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.web.pid, signal.SIGKILL)
-        self.web.wait(10)
-        self.fleet.processes.remove(self.web)
-        self._start_web()
+
+        def kill_and_restart() -> None:
+            with self._web_lock:
+                assert self.web is not None
+                assert self.fleet is not None
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.web.pid, signal.SIGKILL)
+                self.web.wait(10)
+                self._start_web()
+
+        self._background("web_sigkill", kill_and_restart)
         return Injection("web_sigkill", at, True, explains=0)
 
     def _broker_busy(self) -> bool:
@@ -576,6 +618,8 @@ def run(config: Config, data_dir: Path, *, progress: Callable[[str], None] = lam
         # Let every fault end (frozen processes resume, the broker comes back) before counting.
         for timer in chaos._timers:
             timer.join()
+        for thread in chaos._threads:
+            thread.join(120)
         db = data_dir / "db.sqlite3"
         began = time.monotonic()
         settled = True

@@ -112,6 +112,7 @@ class Result:
     log_path: Path
     settled: bool = True
     errors: list[str] = field(default_factory=list)
+    killed_at_grace: int = 0
     #: What the broker says about itself at the end (RabbitMQ: each queue's type).
     broker_facts: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -179,6 +180,11 @@ class Result:
             f"  worst redelivery delay {max(delays, default=0):.1f}s, drains "
             f"{', '.join(f'{d:.1f}' for d in self.drains) or '-'}"
             + (f" (median {statistics.median(self.drains):.1f}s)" if self.drains else "")
+            + (
+                f", {self.killed_at_grace} SIGKILLed at the grace period (broker hung)"
+                if self.killed_at_grace
+                else ""
+            )
             + f", settled in {self.settle_seconds:.0f}s"
         )
 
@@ -316,6 +322,8 @@ class Chaos:
         self._broker_lock = threading.Lock()
         self._web_lock = threading.Lock()
         self.broker_trouble_until = 0.0
+        #: SIGTERMed workers still running at the end of the grace period (only while the broker hung).
+        self.killed_at_grace = 0
 
     # --- the fleet ----------------------------------------------------------------------
     def start(self) -> None:
@@ -440,10 +448,11 @@ class Chaos:
                 # What the kubelet does at the end of the grace period.
                 _signal_group(victim, signal.SIGKILL)
                 victim.wait(10)
-                if at > self.broker_trouble_until:
-                    with self._lock:
+                with self._lock:
+                    self.killed_at_grace += 1
+                    if at > self.broker_trouble_until:
                         self.errors.append(
-                            f"{victim.name} outlived its grace period after SIGTERM (broker healthy)"
+                            f"{victim.name} outlived its grace period (the broker was healthy)"
                         )
             else:
                 with self._lock:
@@ -658,6 +667,7 @@ def run(config: Config, data_dir: Path, *, progress: Callable[[str], None] = lam
             jobs=jobs,
             runs=read_runs(db),
             drains=chaos.drains,
+            killed_at_grace=chaos.killed_at_grace,
             settle_seconds=settle,
             log_path=data_dir / "fleet.log",
             settled=settled,

@@ -504,7 +504,7 @@ class Chaos:
         self._trouble(at + down + 30 + SOCKET_TIMEOUT)
 
         def crash() -> None:
-            with self._broker_lock:
+            with self._broker_lock:  # one restart at a time
                 self.broker.signal(signal.SIGKILL)
                 if lose_tail:
                     self.broker.lose_unsynced_tail()
@@ -522,10 +522,10 @@ class Chaos:
         self._trouble(at + hung + 30 + SOCKET_TIMEOUT)
 
         def hang() -> None:
-            with self._broker_lock:
-                self.broker.signal(signal.SIGSTOP)
-                time.sleep(hung)
-                self.broker.signal(signal.SIGCONT)
+            # Not serialised with crashes: a hung server killed (by a liveness probe) is life too.
+            self.broker.signal(signal.SIGSTOP)
+            time.sleep(hung)
+            self.broker.signal(signal.SIGCONT)
 
         self._background("broker_sigstop", hang)
         return Injection("broker_sigstop", at, busy, explains=self.config.workers, note=f"{hung:.1f}s")

@@ -58,6 +58,12 @@ VARIANTS = {
             "fleet", presets=True, lifecycle=True, note="presets + celery_fleet.lifecycle (the real worker)"
         ),
         Variant(
+            "presets-stock-transport",
+            presets=True,
+            overrides={"broker_transport": None},
+            note="presets with kombu's stock Redis transport (BRPOP, no atomic pop)",
+        ),
+        Variant(
             "presets-no-events",
             presets=True,
             overrides={"worker_send_task_events": False},

@@ -18,7 +18,7 @@ def test_a_short_soak_loses_and_doubles_nothing() -> None:
         [
             sys.executable,
             str(REPO / "bench" / "soak.py"),
-            *("--seeds", "5", "--injections", "100", "--pace", "0.3,0.9", "--jobs-per-injection", "4"),
+            *("--seeds", "5", "--injections", "100", "--pace", "0.3,0.9", "--jobs-per-injection", "3"),
         ],
         capture_output=True,
         text=True,
@@ -32,5 +32,5 @@ def test_a_short_soak_loses_and_doubles_nothing() -> None:
     injections, busy, jobs, lost, doubled = (int(x) for x in total.groups())
     assert injections >= 100
     assert busy >= 1
-    assert jobs >= 400
+    assert jobs >= 300
     assert (lost, doubled) == (0, 0)

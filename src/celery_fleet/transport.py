@@ -171,6 +171,7 @@ class QoS(_RedisQoS):
         _VirtualQoS.append(self, message, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        queue = self.channel.popped_from.pop(delivery_tag, "")
         if requeue:
             self.restore_by_tag(delivery_tag, leftmost=True)
         else:
@@ -179,14 +180,19 @@ class QoS(_RedisQoS):
             self.channel.bury(
                 delivery_tag,
                 payload,
-                queue=_routing_key(payload),
+                queue=queue or _routing_key(payload),
                 reason="rejected by the consumer without requeue (unknown task or invalid message: "
                 "see the worker log)",
             )
         _VirtualQoS.ack(self, delivery_tag)
 
+    def ack(self, delivery_tag: str) -> None:
+        super().ack(delivery_tag)
+        self.channel.popped_from.pop(delivery_tag, None)
+
     def forget(self, delivery_tag: str) -> None:
         """Drop a delivery from the in-memory bookkeeping only (it was moved elsewhere)."""
+        self.channel.popped_from.pop(delivery_tag, None)
         if delivery_tag in self._delivered:
             _VirtualQoS.ack(self, delivery_tag)
 
@@ -211,6 +217,8 @@ class Channel(_RedisChannel):
     _pop_queues: Sequence[str] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: The queue each delivery not yet acked was popped from (a dead letter goes back there).
+        self.popped_from: dict[str, str] = {}
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise ValueError(
@@ -321,6 +329,7 @@ class Channel(_RedisChannel):
         except Exception as exc:  # any shape of garbage: never the consumer's death
             self._bury_raw(delivery_tag, raw, queue, f"cannot decode: {type(exc).__name__}: {exc}")
             return
+        self.popped_from[delivery_tag] = queue
         try:
             self.connection._deliver(payload, queue)
         except self.connection_errors:

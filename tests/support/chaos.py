@@ -46,7 +46,7 @@ import psutil
 from celery_fleet import roles
 from celery_fleet.local.processes import ManagedProcess
 from celery_fleet.local.redis_server import RedisServer
-from celery_fleet.local.waiting import free_port, wait_until
+from celery_fleet.local.waiting import free_port
 from tests.support.fleet import Fleet, base_env, migrate
 from tests.support.ledger import JobRow, Run, read_jobs, read_runs
 from tests.support.rabbitmq import RabbitMQServer, rabbitmq_binary
@@ -585,6 +585,37 @@ def _signal_group(process: ManagedProcess, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
+#: A job is lost when none has taken effect for this long: a SIGKILLed worker's task is back
+#: after the visibility timeout, a lost publish after the outbox bound; plus a margin.
+STALL_LIMIT = VISIBILITY + OUTBOX_BOUND + 60
+#: However busy the fleet, a run ends: the backlog left by the faults drains within this.
+SETTLE_LIMIT = 1800
+
+
+def settle_all(chaos: Chaos, db: Path) -> bool:
+    """Wait until every accepted job took effect, while the fleet makes progress."""
+    began = last_change = time.monotonic()
+    last_done = -1
+    while True:
+        runs = read_runs(db)
+        accepted = list(chaos.accepted.values())
+        done = sum(1 for job_id in accepted if (run := runs.get(job_id)) is not None and run.effects >= 1)
+        if done == len(accepted):
+            return True
+        now = time.monotonic()
+        if done != last_done:
+            last_done, last_change = done, now
+        elif now - last_change > STALL_LIMIT:
+            chaos.errors.append(
+                f"{len(accepted) - done} jobs never took effect (nothing did for {STALL_LIMIT}s)"
+            )
+            return False
+        if now - began > SETTLE_LIMIT:
+            chaos.errors.append(f"{len(accepted) - done} jobs still to go after {SETTLE_LIMIT}s")
+            return False
+        time.sleep(1.0)
+
+
 def fault_schedule(config: Config, rng: random.Random) -> Iterator[str]:
     """Every kind once per round, in a shuffled order: coverage with random order."""
     while True:
@@ -631,24 +662,13 @@ def run(config: Config, data_dir: Path, *, progress: Callable[[str], None] = lam
             thread.join(120)
         db = data_dir / "db.sqlite3"
         began = time.monotonic()
-        settled = True
-        try:
-            wait_until(
-                lambda: all(
-                    (run := read_runs(db).get(job_id)) is not None and run.effects >= 1
-                    for job_id in list(chaos.accepted.values())
-                ),
-                timeout=VISIBILITY + OUTBOX_BOUND + 180,
-                interval=1.0,
-                what="every accepted job to take effect",
-            )
-        except Exception as exc:
-            settled = False
-            chaos.errors.append(str(exc))
+        settled = settle_all(chaos, db)
         settle = time.monotonic() - began
         jobs = read_jobs(db)
         # Refused jobs freed their key: they are the FAILUREs the API wrote on a failed publish.
         refused = [j.id for j in jobs.values() if j.state == "FAILURE" and j.error.startswith("not accepted")]
+        if chaos.broker.proxy.errors:
+            chaos.errors.append(f"the TCP proxy failed {chaos.broker.proxy.errors} time(s)")
         unfired = set(chaos.broker.proxy.pending_markers())
         injections = [
             replace(i, busy=True)

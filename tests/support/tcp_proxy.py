@@ -13,6 +13,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 from celery_fleet.local.waiting import free_port
@@ -33,6 +34,8 @@ class TcpProxy:
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     cuts: int = 0
+    #: Failures of the proxy itself (accept or thread start); a run with any is suspect.
+    errors: int = 0
     _pairs: list[tuple[socket.socket, socket.socket]] = field(default_factory=list)
     _markers: list[bytes] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -88,17 +91,30 @@ class TcpProxy:
             try:
                 client, _ = self._listener.accept()
             except OSError:
-                return
-            try:
-                server = socket.create_connection((self.upstream_host, self.upstream_port), timeout=5)
-                server.settimeout(None)
-            except OSError:
-                _abort(client)
+                if self._stopped.is_set():
+                    return
+                self.errors += 1  # EMFILE, ECONNABORTED...: a proxy that stops accepting hangs everyone
+                time.sleep(0.05)
                 continue
-            with self._lock:
-                self._pairs.append((client, server))
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+            try:
+                # Connect upstream off the accept loop: a hung broker's full backlog must not
+                # stall every other client's connect behind one.
+                threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+            except Exception:
+                self.errors += 1
+                _abort(client)
+
+    def _connect(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection((self.upstream_host, self.upstream_port), timeout=5)
+            server.settimeout(None)
+        except OSError:
+            _abort(client)  # the broker is down: the client sees its connection refused, at once
+            return
+        with self._lock:
+            self._pairs.append((client, server))
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _pump(self, source: socket.socket, target: socket.socket, from_server: bool) -> None:
         while True:

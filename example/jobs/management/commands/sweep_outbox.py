@@ -7,6 +7,8 @@ for a one-off after an incident, and for running it beside a fleet without beat.
 from __future__ import annotations
 
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -29,7 +31,12 @@ class Command(BaseCommand):
             except Exception as exc:  # a broker or database outage: try again next round
                 if not every:
                     raise
-                self.stderr.write(f"sweep failed: {type(exc).__name__}: {exc}")
+                where = traceback.extract_tb(exc.__traceback__)[-3:]
+                self.stderr.write(
+                    f"sweep failed: {type(exc).__name__}: {exc} (at "
+                    + " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(where))
+                    + ")"
+                )
             else:
                 if republished or not every:
                     self.stdout.write(f"republished {republished} job(s)")

@@ -548,7 +548,9 @@ class Chaos:
         if not waiting:
             return Injection("tcp_cut_pop", at, False, explains=0, note="nothing waiting")
         job_id = self.rng.choice(waiting)
-        self.broker.proxy.cut_on_reply(job_id.encode())
+        # The job id as it appears in a message's headers: a pop reply carries it so, the
+        # sweeper's list of ids does not.
+        self.broker.proxy.cut_on_reply(f'"id": "{job_id}"'.encode())
         return Injection("tcp_cut_pop", at, False, explains=0, note=job_id)
 
     def _web_sigkill(self) -> Injection:
@@ -674,7 +676,7 @@ def run(config: Config, data_dir: Path, *, progress: Callable[[str], None] = lam
             replace(i, busy=True)
             if i.kind == "tcp_cut_pop"
             and i.explains == 0
-            and i.note.encode() not in unfired
+            and f'"id": "{i.note}"'.encode() not in unfired
             and i.note != "nothing waiting"
             else i
             for i in chaos.injections

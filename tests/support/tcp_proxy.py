@@ -20,9 +20,16 @@ from celery_fleet.local.waiting import free_port
 
 
 def _abort(sock: socket.socket) -> None:
-    """Close with RST instead of FIN: the peer sees the connection reset, as on a real cut."""
+    """Cut the connection now: the peer sees it closed and reset, as on a real cut.
+
+    ``shutdown`` first: closing a socket that another thread is blocked reading does nothing
+    until that read returns, so the connection would stay up; shutdown wakes the reader and
+    ends the connection at once.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 

@@ -73,7 +73,7 @@ def soak(
     workers: int,
     pace: tuple[float, float],
     keep: bool,
-    jobs_per_injection: int = 2,
+    jobs_per_injection: int = 1,
 ) -> list[chaos.Result]:
     results = []
     for seed in seeds:
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--pace", default="0.2,0.8", help="Seconds between injections: min,max.")
-    parser.add_argument("--jobs-per-injection", type=int, default=2, help="Jobs submitted per injection.")
+    parser.add_argument("--jobs-per-injection", type=int, default=1, help="Jobs submitted per injection.")
     parser.add_argument("--keep", action="store_true", help="Keep every run's folder (logs, database).")
     args = parser.parse_args()
     low, high = (float(x) for x in args.pace.split(","))

@@ -63,6 +63,13 @@ VARIANTS = {
             "fleet", presets=True, lifecycle=True, note="presets + celery_fleet.lifecycle (the real worker)"
         ),
         Variant(
+            "fleet-stock-transport",
+            presets=True,
+            lifecycle=True,
+            overrides={"broker_transport": None},
+            note="fleet with kombu's stock Redis transport (BRPOP, no atomic pop): what reliable fetch costs",
+        ),
+        Variant(
             "fleet-task-events",
             presets=True,
             lifecycle=True,

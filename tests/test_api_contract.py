@@ -33,7 +33,8 @@ JSON = "application/json"
 def site(tmp_path_factory: pytest.TempPathFactory, redis_server) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
     """One web tier for the module (starting gunicorn per test would cost more than the tests)."""
     data = tmp_path_factory.mktemp("contract")
-    env = base_env(data, redis_server.url)
+    # Short timed_work jobs: schemathesis's long-polls on them would otherwise wait the full 25 s.
+    env = {**base_env(data, redis_server.url), "JOBS_TIMED_WORK_MAX": "0.5"}
     migrate(env)
     running = Fleet(data_dir=data, env=env, log_path=data / "fleet.log")
     running.url = running.start_web()  # type: ignore[attr-defined]
@@ -282,7 +283,14 @@ def test_the_spec_is_valid_and_viewable_as_json_and_yaml(url: str, spec: dict) -
     assert {"/api/jobs/", "/api/jobs/{job_id}", "/api/users/", "/healthz", "/readyz"} <= set(spec["paths"])
     submit = spec["paths"]["/api/jobs/"]["post"]["responses"]
     assert {"202", "400", "415", "503"} <= set(submit)
-    assert "422" not in json.dumps(spec), "django-ninja's 422 must not be in the contract"
+    # django-ninja's 422 for bad input is not in the contract; 422 is only an Idempotency-Key
+    # reused with another body (the IETF Idempotency-Key draft's status for it).
+    assert submit["422"]["description"].startswith("The Idempotency-Key"), submit["422"]
+    other_operations = {
+        **spec["paths"],
+        "/api/jobs/": {k: v for k, v in spec["paths"]["/api/jobs/"].items() if k != "post"},
+    }
+    assert "422" not in json.dumps(other_operations), "django-ninja's 422 must not be in the contract"
     as_yaml = httpx.get(f"{url}/api/openapi.yaml", timeout=10)
     assert as_yaml.headers["content-type"].startswith("text/plain")  # shown by a browser, not downloaded
     assert yaml.safe_load(as_yaml.text) == spec

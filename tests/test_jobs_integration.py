@@ -123,7 +123,10 @@ def test_unknown_job_is_404_and_health_endpoints_touch_dependencies(fleet: Fleet
     assert ready.json()["checks"] == ["database", "broker"]
 
 
-def test_a_redelivered_job_does_not_create_its_users_twice(fleet: Fleet) -> None:
+def test_a_redelivered_job_does_not_create_its_users_twice(fleet: Fleet, redis_client: redis.Redis) -> None:
+    import sqlite3
+    import uuid
+
     from tests.support.ledger import send_tasks
 
     url = fleet.start_web()
@@ -132,10 +135,27 @@ def test_a_redelivered_job_does_not_create_its_users_twice(fleet: Fleet) -> None
         "id"
     ]
     assert wait_final(url, job_id)["result"]["created"] == 80
-    # The same message again, as Redis would redeliver it after a lost worker.
-    send_tasks(
-        fleet.env["CELERY_BROKER_URL"], [("jobs.tasks.generate_random_users", (job_id,), job_id)], "default"
+
+    def redeliver() -> None:  # the same message again, as Redis redelivers it after a lost worker
+        send_tasks(
+            fleet.env["CELERY_BROKER_URL"],
+            [("jobs.tasks.generate_random_users", (job_id,), job_id)],
+            "default",
+        )
+
+    # A finished job: the delivery does nothing at all.
+    redeliver()
+    wait_until(
+        lambda: redis_client.llen("default") == 0 and redis_client.hlen("unacked") == 0,
+        timeout=60,
+        what="the second delivery to be handled",
     )
+    assert httpx.get(f"{url}/api/jobs/{job_id}", timeout=5).json()["attempts"] == 1
+    # A job whose worker died after making the users, before recording the end: it runs again
+    # and makes no user twice.
+    with sqlite3.connect(fleet.data_dir / "db.sqlite3") as db:
+        db.execute("UPDATE jobs_job SET state = 'PROGRESS' WHERE id = ?", (uuid.UUID(job_id).hex,))
+    redeliver()
     job = wait_until(
         lambda: (
             (j := httpx.get(f"{url}/api/jobs/{job_id}", timeout=5).json())["attempts"] == 2
@@ -143,7 +163,7 @@ def test_a_redelivered_job_does_not_create_its_users_twice(fleet: Fleet) -> None
             and j
         ),
         timeout=60,
-        what="the second delivery to finish",
+        what="the third delivery to finish",
     )
     assert job["result"] == {"total": 80, "created": 0, "already_present": 80}
     assert httpx.get(f"{url}/api/users/", timeout=5).json()["count"] == 80

@@ -15,6 +15,7 @@ from kombu import Connection, Exchange, Queue
 from celery_fleet import publish
 from celery_fleet.local.redis_server import RedisServer
 from celery_fleet.task_metrics import KEY_PREFIX, SEP, SOURCES_KEY
+from celery_fleet.transport import TRANSPORT_PATH, bell_key
 
 PRIORITY_SEP = "\x06\x16"
 
@@ -103,6 +104,24 @@ def test_a_task_is_one_round_trip_to_redis(app: Celery, redis_client: redis.Redi
     # The sent totals were counted by the same scripts, with the queue name.
     assert sent_totals(redis_client) == {"sent t.warm jobs": 1, "sent t.job jobs": 20}
     assert redis_client.zscore(SOURCES_KEY, f"host:{task_metrics._HOSTNAME}") is not None
+
+
+def test_on_the_reliable_transport_the_same_round_trip_rings_the_queues_bell(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    """Without its bell an idle consumer of celery_fleet.transport would find the message only
+    at the end of its 1 s wait: the publish script rings it, in the same step as the push."""
+    app.conf.broker_transport = TRANSPORT_PATH
+    with app.producer_or_acquire() as producer:
+        app.send_task("t.warm", queue="jobs", producer=producer)
+        redis_client.delete(bell_key("jobs"))
+        with monitored(app.conf.broker_url) as requests:
+            for i in range(5):
+                app.send_task("t.job", args=[i], queue="jobs", producer=producer)
+    assert len(requests) == 5, requests
+    assert all(r.startswith(f"EVALSHA {publish.PUBLISH_SHA}") for r in requests), requests[:2]
+    assert redis_client.llen(bell_key("jobs")) == 5
+    assert redis_client.llen("jobs") == 6
 
 
 def test_published_messages_are_consumed_as_kombu_publishes_them(

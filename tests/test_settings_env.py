@@ -82,9 +82,17 @@ def test_presets_carry_the_safe_delivery_settings() -> None:
     assert settings["CELERY_WORKER_PREFETCH_MULTIPLIER"] == 1
     assert settings["CELERY_ACCEPT_CONTENT"] == ["json"]
     assert settings["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] == 90
-    assert (
-        safe_delivery_settings("amqp://guest@localhost//", Timings())["CELERY_BROKER_TRANSPORT_OPTIONS"] == {}
-    )
+    # Redis: the reliable transport (atomic pop, dead letters) where kombu lets us pick one.
+    assert settings["CELERY_BROKER_TRANSPORT"] == "celery_fleet.transport:Transport"
+    for url in ("redis+socket:///run/redis.sock", "sentinel://localhost:26379"):
+        assert safe_delivery_settings(url, Timings())["CELERY_BROKER_TRANSPORT"] is None
+    # RabbitMQ: quorum queues and publisher confirms, no Redis options.
+    amqp = safe_delivery_settings("amqp://guest@localhost//", Timings())
+    assert amqp["CELERY_BROKER_TRANSPORT"] is None
+    assert amqp["CELERY_BROKER_TRANSPORT_OPTIONS"]["confirm_publish"] is True
+    assert "visibility_timeout" not in amqp["CELERY_BROKER_TRANSPORT_OPTIONS"]
+    assert amqp["CELERY_TASK_DEFAULT_QUEUE_TYPE"] == amqp["CELERY_TASK_CREATE_MISSING_QUEUE_TYPE"] == "quorum"
+    assert "CELERY_TASK_DEFAULT_QUEUE_TYPE" not in settings
 
 
 def _settings_error(**environ: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import redis
 
 from celery_fleet.lifecycle import READY_FILE
 from celery_fleet.local.waiting import wait_until
+from celery_fleet.transport import DEAD_LETTER_KEY
 from tests.support.fleet import Fleet
 from tests.support.ledger import enqueue_timed_work, read_runs, send_tasks
 
@@ -44,6 +47,27 @@ def test_sigterm_lets_a_running_task_finish_within_the_drain_window(
     assert redis_client.hlen("unacked") == 0
     assert worker.returncode() is not None
     assert seconds < 3 + 10, f"drain took {seconds:.1f}s, beyond drain window + margin"
+
+
+def test_sigterm_exits_within_a_second_of_the_last_task_finishing(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    """Not the whole drain window: Celery would sleep all 20 s of it."""
+    window = {**TIMINGS_ENV, "CELERY_FLEET_DRAIN_WINDOW": "20"}
+    worker = fleet.start_worker(extra_env=window)
+    enqueue_timed_work(fleet.env["CELERY_BROKER_URL"], [("finishing", 2.0)])
+    wait_until(lambda: started(fleet, "finishing"), timeout=30, what="the task to start")
+    worker.send(signal.SIGTERM)
+    assert worker.wait(20 + 10) is not None
+    exited = time.time()
+    with sqlite3.connect(db(fleet)) as conn:
+        (finished,) = conn.execute("SELECT finished_at FROM jobs_workrun WHERE key = 'finishing'").fetchone()
+    finished_at = datetime.fromisoformat(finished).replace(tzinfo=UTC).timestamp()  # Django writes UTC
+    lag = exited - finished_at
+    print(f"worker exited {lag:.2f}s after its last task finished (drain window 20s)")
+    assert read_runs(db(fleet))["finishing"].effects == 1
+    assert redis_client.hlen("unacked") == 0, "acknowledged before the exit"
+    assert lag < 1.0, f"the worker lingered {lag:.1f}s after its last task"
 
 
 def test_sigterm_requeues_a_task_still_running_when_the_window_closes(
@@ -128,7 +152,10 @@ def test_malformed_and_unknown_messages_do_not_kill_or_wedge_the_worker(
     assert "no.such.task" in logs
     assert "unregistered task" in logs.lower()
     assert redis_client.llen("default") == 0
-    assert redis_client.hlen("unacked") == 0
+    # The ack follows the task's commit: wait for it rather than race it.
+    wait_until(lambda: redis_client.hlen("unacked") == 0, timeout=10, what="the last ack")
+    # Rejected, not dropped: the garbage and the unknown task wait in the dead-letter list.
+    assert redis_client.llen(DEAD_LETTER_KEY) == 3
 
 
 def enqueue_unknown_task(broker_url: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from celery_fleet import outbox
 from celery_fleet.django.security import https_settings
 from celery_fleet.env import env
 from celery_fleet.presets import safe_delivery_settings
@@ -133,6 +134,8 @@ LOGGING = {
 # --- Jobs -------------------------------------------------------------------------------
 JOBS_USERS_MIN = 50
 JOBS_USERS_MAX = 500
+# Longest sleep a timed_work job (load and fault tests) may ask for; the API's schema says so.
+JOBS_TIMED_WORK_MAX = env.float("JOBS_TIMED_WORK_MAX", 60.0, minimum=0)
 # Export reports older than this are removed by the periodic cleanup task.
 EXPORT_MAX_AGE_HOURS = env.float("EXPORT_MAX_AGE_HOURS", 24.0, minimum=0)
 # Where the periodic database backup writes its dumps.
@@ -176,6 +179,7 @@ CELERY_TASK_ROUTES = {
     "jobs.tasks.export_users": {"queue": EXPORTS_QUEUE},
     "jobs.tasks.cleanup_exports": {"queue": PERIODIC_QUEUE},
     "jobs.tasks.backup_database": {"queue": PERIODIC_QUEUE},
+    "jobs.tasks.sweep_outbox": {"queue": PERIODIC_QUEUE},
 }
 # Beat on Redis with a lock held every loop (celery-redbeat, wrapped): a second beat stands by.
 CELERY_BEAT_SCHEDULER = env.str("CELERY_BEAT_SCHEDULER", "celery_fleet.beat.LockedRedBeatScheduler")
@@ -191,6 +195,10 @@ CELERY_REDBEAT_REDIS_OPTIONS = {
 }
 # No result backend: without this beat adds a daily celery.backend_cleanup on the default queue.
 CELERY_RESULT_EXPIRES = None
+# A job that has shown no sign of life this long, and that the broker holds nowhere, is published
+# again by the outbox sweep (celery_fleet.outbox: the grace period; short timings, short bound).
+OUTBOX_REPUBLISH_AFTER = outbox.republish_after(WORKER_TIMINGS)
+OUTBOX_SWEEP_EVERY = outbox.sweep_interval(WORKER_TIMINGS)
 # Periodic work from settings; people who edit schedules at run time use django-celery-beat.
 CELERY_BEAT_SCHEDULE = {
     "cleanup-exports": {
@@ -204,8 +212,17 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("BACKUP_DATABASE_EVERY", 3600.0, minimum=1),
         "options": {"expires": env.float("BACKUP_DATABASE_EVERY", 3600.0, minimum=1)},
     },
+    # The outbox: publish again the jobs whose message the broker lost (jobs.services.sweep_outbox).
+    "sweep-outbox": {
+        "task": "jobs.tasks.sweep_outbox",
+        "schedule": float(OUTBOX_SWEEP_EVERY),
+        "options": {"expires": float(OUTBOX_SWEEP_EVERY)},
+    },
 }
 # Queues the exporter and autoscaler watch even when no worker consumes them.
 CELERY_FLEET_QUEUES = env.list("CELERY_FLEET_QUEUES", [DEFAULT_QUEUE, EXPORTS_QUEUE, PERIODIC_QUEUE])
+# A stopping worker exits as soon as its running tasks end (celery_fleet.drain); off, it waits the
+# whole drain window as Celery does (kept for side-by-side benchmarks: bench/drain.py).
+CELERY_FLEET_DRAIN_ENDS_WITH_WORK = env.bool("CELERY_FLEET_DRAIN_ENDS_WITH_WORK", True)
 # Folder of the worker's liveness heartbeat and readiness files (probes read them).
 CELERY_FLEET_PROBE_DIR = env.str("CELERY_FLEET_PROBE_DIR", "")

@@ -1,9 +1,10 @@
 """The JSON API on django-ninja: operations, their schemas and the OpenAPI spec generated from them.
 
 The documented contract: paths under ``/api/``, ``400`` (not ninja's ``422``) with the ``Error``
-schema for every bad request, ``415`` for a body that is not declared JSON, JSON ``404``/``405``
-(``jobs.middleware``), ``HEAD`` wherever ``GET``.  The long-poll (``GET /api/jobs/{id}?wait=N``) is
-an async view: under the ASGI workers a waiting client costs a coroutine, woken by ``jobs.notify``.
+schema for every bad request (``422`` only for an ``Idempotency-Key`` reused with another body),
+``415`` for a body that is not declared JSON, JSON ``404``/``405`` (``jobs.middleware``), ``HEAD``
+wherever ``GET``.  The long-poll (``GET /api/jobs/{id}?wait=N``) is an async view: under the ASGI
+workers a waiting client costs a coroutine, woken by ``jobs.notify``.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
-from ninja import NinjaAPI, Query, Redoc, Schema
+from ninja import Header, NinjaAPI, Query, Redoc, Schema
 from ninja.errors import HttpError, ValidationError
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from celery_fleet.health import shutting_down
 from jobs import notify
 from jobs.models import ExportFile, Job, JobKind, JobState, public_users
-from jobs.services import EnqueueError, submit_job
+from jobs.services import (
+    IDEMPOTENCY_KEY_PATTERN,
+    EnqueueError,
+    IdempotencyKeyError,
+    check_idempotency_key,
+    submit_job,
+)
 from jobs.validation import (
     MAX_BODY_BYTES,
     BodyError,
@@ -59,7 +66,7 @@ class JobAccepted(Schema):
 
 class JobOut(Schema):
     id: uuid.UUID
-    kind: Literal["random_users", "export_users"]
+    kind: Literal["random_users", "export_users", "timed_work"]
     state: Literal["PENDING", "STARTED", "PROGRESS", "SUCCESS", "FAILURE"]
     progress: int = Field(ge=0, le=100)
     result: dict[str, Any] | None
@@ -67,6 +74,8 @@ class JobOut(Schema):
     params: dict[str, Any]
     callbacks_ran: list[Literal["on_success", "on_failure"]]
     attempts: int = Field(ge=0)
+    publishes: int = Field(ge=0, description="Publishes of its message; above 1 the outbox sent it again.")
+    worker: str | None = Field(description="The worker (Celery hostname) that last started the job.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -170,23 +179,58 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 
 # --- Jobs ------------------------------------------------------------------------------------
+def _idempotency_key(value: Any) -> Any:
+    try:
+        return check_idempotency_key(value)
+    except IdempotencyKeyError as exc:  # the 400's message, before the schema's pattern speaks
+        raise ValueError(str(exc)) from None
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="A retried POST with the same key returns the first job (another body: 422).",
+    ),
+    BeforeValidator(_idempotency_key),
+]
+
+
 @api.post(
     "/jobs/",
     url_name="jobs",
     operation_id="submitJob",
-    response={202: JobAccepted, 400: Error, 405: Error, 415: Error, 503: Error},
+    response={202: JobAccepted, 400: Error, 405: Error, 415: Error, 422: Error, 503: Error},
     summary="Submit a job",
     openapi_extra={
         "responses": {
-            202: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}}
+            202: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}},
+            422: {"description": "The Idempotency-Key was already used for a different request."},
+            503: {
+                "description": "The broker did not take the job: it is recorded as refused and never runs."
+            },
         }
     },
 )
-def submit(request: HttpRequest, response: HttpResponse, payload: JobRequest) -> tuple[int, Any]:
-    """Queue a job; it runs on a worker. Bad input answers 400 and queues nothing."""
+def submit(
+    request: HttpRequest,
+    response: HttpResponse,
+    payload: JobRequest,
+    idempotency_key: IdempotencyKey = None,
+) -> tuple[int, Any]:
+    """Queue a job; it runs on a worker. Bad input answers 400 and queues nothing.
+
+    With an ``Idempotency-Key`` (1 to 200 printable ASCII characters, no spaces) a retried POST
+    returns the first job instead of queueing another; the same key with a different body answers
+    422. A 503 means the broker refused the job: it is recorded as refused, will never run, and
+    its key is free again.
+    """
     kind, params = job_params(payload)
     try:
-        job = submit_job(kind, params)
+        job = submit_job(kind, params, idempotency_key=idempotency_key)
+    except IdempotencyKeyError as exc:
+        return error(exc.status, str(exc))
     except EnqueueError as exc:
         return error(503, str(exc))
     url = request.build_absolute_uri(reverse("api:job", args=[job.id]))

@@ -10,6 +10,7 @@ from django.db import models
 class JobKind(models.TextChoices):
     RANDOM_USERS = "random_users", "Generate random users"
     EXPORT_USERS = "export_users", "Export users as CSV"
+    TIMED_WORK = "timed_work", "Sleep, then record the effect (load and fault tests)"
 
 
 class JobState(models.TextChoices):
@@ -32,7 +33,12 @@ STATE_LABELS = {
 
 
 class Job(models.Model):
-    """One unit of slow work. Its id is also the Celery task id and the idempotency key."""
+    """One unit of slow work. Its id is also the Celery task id and the idempotency key.
+
+    The row is the source of truth (an outbox): it is committed before its message is
+    published, and the periodic sweeper publishes again a job whose message the broker
+    lost (``jobs.services.sweep_outbox``).
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=32, choices=JobKind.choices)
@@ -45,6 +51,14 @@ class Job(models.Model):
     callbacks_ran = models.JSONField(default=list, blank=True)
     #: How many times a worker started this job: above 1 means it was redelivered.
     attempts = models.PositiveIntegerField(default=0)
+    #: The client's ``Idempotency-Key``: a retried POST with it returns this job.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    #: When the broker last confirmed a publish of the job's message (None: never confirmed).
+    published_at = models.DateTimeField(null=True, blank=True)
+    #: Publishes of the job's message: above 1 means the outbox sweeper published it again.
+    publishes = models.PositiveIntegerField(default=0)
+    #: The worker (Celery hostname) that last started the job.
+    worker = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -75,6 +89,8 @@ class Job(models.Model):
             "params": self.params,
             "callbacks_ran": self.callbacks_ran,
             "attempts": self.attempts,
+            "publishes": self.publishes,
+            "worker": self.worker or None,
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
@@ -114,16 +130,24 @@ class ExportFile(models.Model):
 
 
 class WorkRun(models.Model):
-    """Ledger of the load-test task ``jobs.tasks.timed_work``, one row per idempotency key.
+    """Ledger of the load-test work (``timed_work`` tasks and jobs), one row per idempotency key.
 
-    ``starts`` counts deliveries; ``effects`` counts how often the task's effect was
-    applied, which the idempotency check keeps at 1 however often it is redelivered.
+    ``starts`` counts runs that began, ``completions`` runs that reached the end, and
+    ``effects`` how often the effect was applied.  The idempotency guard (``done`` for a
+    bare task, the job's transition to SUCCESS for a job) is separate from the counter, so
+    a broken guard shows as ``effects`` above 1 instead of being masked.
     """
 
     key = models.CharField(max_length=64, unique=True)
+    #: Deliveries of the job's message, including those that found it finished and did nothing.
+    deliveries = models.PositiveIntegerField(default=0)
     starts = models.PositiveIntegerField(default=0)
     effects = models.PositiveIntegerField(default=0)
     completions = models.PositiveIntegerField(default=0)
+    #: The bare task's idempotency guard: set by the first run that applies the effect.
+    done = models.BooleanField(default=False)
+    #: Unix time of each start, space-separated: how long redeliveries took.
+    start_times = models.TextField(blank=True, default="")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:

@@ -1,7 +1,9 @@
 """The workers' tasks. Each is safe to run twice: the job id is the idempotency key.
 
-A redelivered ``generate_random_users`` skips the (job, index) pairs it already made;
-``export_users`` overwrites its one report; the callbacks record themselves once.
+A delivery of a finished job (or of one the API refused) does nothing: ``progress.claim``
+returns None.  A redelivered ``generate_random_users`` skips the (job, index) pairs it
+already made; ``export_users`` overwrites its one report; the callbacks record themselves
+once; ``run_timed_job`` applies its effect only with the job's transition to SUCCESS.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import gzip
 import io
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,8 +21,9 @@ from celery import shared_task
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core import management
-from django.db import transaction
-from django.db.models import F
+from django.db import IntegrityError, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 from faker import Faker
 
@@ -41,9 +45,16 @@ def _fail_if_asked(job: Job, done: int, total: int) -> None:
         raise DemoFailure(f"failed on purpose after {done} of {total} (the job was submitted with fail=true)")
 
 
+def _skipped(job_id: str) -> dict[str, Any]:
+    logger.info("job %s is finished (or was refused, or is gone): this delivery does nothing", job_id)
+    return {"skipped": True}
+
+
 @shared_task(bind=True, name="jobs.tasks.generate_random_users")
 def generate_random_users(self: Any, job_id: str) -> dict[str, Any]:
-    job = progress.mark_started(job_id)
+    job = progress.claim(job_id, self.request.hostname)
+    if job is None:
+        return _skipped(job_id)
     total = int(job.params["total"])
     try:
         fake = Faker()
@@ -70,6 +81,10 @@ def generate_random_users(self: Any, job_id: str) -> dict[str, Any]:
             progress.report_progress(job.id, batch.stop, total)
             _fail_if_asked(job, batch.stop, total)
         result = {"total": total, "created": created, "already_present": len(existing)}
+    except IntegrityError:
+        # Another delivery of this job is making the same users right now: leave it to that one.
+        logger.warning("job %s: another delivery is running it; this one stops", job.id)
+        return {"skipped": True}
     except Exception as exc:
         progress.mark_failed(job.id, f"{type(exc).__name__}: {exc}")
         raise
@@ -79,7 +94,9 @@ def generate_random_users(self: Any, job_id: str) -> dict[str, Any]:
 
 @shared_task(bind=True, name="jobs.tasks.export_users")
 def export_users(self: Any, job_id: str) -> dict[str, Any]:
-    job = progress.mark_started(job_id)
+    job = progress.claim(job_id, self.request.hostname)
+    if job is None:
+        return _skipped(job_id)
     try:
         users = public_users().order_by("id")  # staff accounts are never exported
         total = users.count()
@@ -123,18 +140,62 @@ def on_job_failure(request: Any, exc: Any, traceback: Any, job_id: str) -> None:
     progress.record_callback(job_id, "on_failure")
 
 
+def _timed(key: str, seconds: float, apply_once: Callable[[], bool]) -> bool:
+    """Sleep, then apply the effect if ``apply_once`` (the idempotency guard) says this run is first.
+
+    The guard and the effect counter are separate, and run in one transaction with it: a
+    guard that let two runs through would show as ``effects`` 2 in the ledger.
+    """
+    WorkRun.objects.filter(key=key).update(
+        starts=F("starts") + 1, start_times=Concat(F("start_times"), Value(f"{time.time():.3f} "))
+    )
+    time.sleep(seconds)
+    with transaction.atomic():
+        applied = apply_once()
+        if applied:
+            WorkRun.objects.filter(key=key).update(effects=F("effects") + 1, finished_at=timezone.now())
+        WorkRun.objects.filter(key=key).update(completions=F("completions") + 1)
+    if not applied:
+        logger.info("timed work %s: a run already applied its effect; nothing to do", key)
+    return applied
+
+
+def _delivered(key: str) -> None:
+    WorkRun.objects.get_or_create(key=key)
+    WorkRun.objects.filter(key=key).update(deliveries=F("deliveries") + 1)
+
+
 @shared_task(name="jobs.tasks.timed_work")
 def timed_work(key: str, seconds: float) -> str:
     """Load-test task: sleeps ``seconds``, then applies its effect once per ``key``."""
-    WorkRun.objects.get_or_create(key=key)
-    WorkRun.objects.filter(key=key).update(starts=F("starts") + 1)
-    time.sleep(seconds)
-    with transaction.atomic():
-        applied = WorkRun.objects.filter(key=key, effects=0).update(effects=1, finished_at=timezone.now())
-        WorkRun.objects.filter(key=key).update(completions=F("completions") + 1)
-    if not applied:
-        logger.info("timed_work %s: redelivered after its effect was applied; nothing to do", key)
+    _delivered(key)
+    _timed(key, seconds, lambda: bool(WorkRun.objects.filter(key=key, done=False).update(done=True)))
     return key
+
+
+@shared_task(bind=True, name="jobs.tasks.run_timed_job")
+def run_timed_job(self: Any, job_id: str) -> dict[str, Any]:
+    """The ``timed_work`` job kind: the same ledger, keyed by the job id, guarded by the job's state."""
+    _delivered(job_id)
+    job = progress.claim(job_id, self.request.hostname)
+    if job is None:
+        return _skipped(job_id)
+    seconds = float(job.params.get("seconds", 0))
+    result = {"seconds": seconds}
+    if job.params.get("fail"):
+        time.sleep(seconds)
+        progress.mark_failed(job.id, "DemoFailure: failed on purpose (the job was submitted with fail=true)")
+        raise DemoFailure("failed on purpose (the job was submitted with fail=true)")
+    _timed(str(job.id), seconds, lambda: progress.mark_succeeded(job.id, result))
+    return result
+
+
+@shared_task(name="jobs.tasks.sweep_outbox")
+def sweep_outbox() -> int:
+    """Periodic: publish again the jobs whose message the broker lost (see ``jobs.services``)."""
+    from jobs.services import sweep_outbox as sweep
+
+    return sweep()
 
 
 @shared_task(name="jobs.tasks.noop")

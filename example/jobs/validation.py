@@ -168,15 +168,31 @@ class ExportUsersRequest(Schema):
     fail: Fail = False
 
 
-JobRequest = Annotated[RandomUsersRequest | ExportUsersRequest, Field(discriminator="kind")]
+TimedWorkSeconds = seconds("seconds", 0, settings.JOBS_TIMED_WORK_MAX)
+
+
+class TimedWorkRequest(Schema):
+    """Sleep, then record the effect: the load and fault tests' job (a known, countable effect)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="TimedWorkRequest")
+
+    kind: Literal["timed_work"]
+    seconds: TimedWorkSeconds  # type: ignore[valid-type]
+    fail: Fail = False
+
+
+AnyJobRequest = RandomUsersRequest | ExportUsersRequest | TimedWorkRequest
+JobRequest = Annotated[AnyJobRequest, Field(discriminator="kind")]
 _job_request = TypeAdapter(JobRequest)
 
 
-def job_params(request: RandomUsersRequest | ExportUsersRequest) -> tuple[JobKind, dict[str, Any]]:
+def job_params(request: AnyJobRequest) -> tuple[JobKind, dict[str, Any]]:
     """The job's kind and the parameters stored with it (``fail`` only when asked for)."""
     params: dict[str, Any] = {}
     if isinstance(request, RandomUsersRequest):
         params["total"] = request.total
+    if isinstance(request, TimedWorkRequest):
+        params["seconds"] = request.seconds
     if request.fail:
         params["fail"] = True
     return JobKind(request.kind), params

@@ -81,6 +81,7 @@ def _register_optional_commands() -> None:
     from celery_fleet.autoscale.deletion_cost import deletion_cost_command
     from celery_fleet.autoscale.simulate.command import simulate_command
     from celery_fleet.beat import probe_beat
+    from celery_fleet.dead_letter import dead_letter_command
     from celery_fleet.exporter.cli import exporter
     from celery_fleet.local.manage import manage
     from celery_fleet.local.up import up
@@ -91,6 +92,7 @@ def _register_optional_commands() -> None:
     main.add_command(deletion_cost_command, name="deletion-cost")
     main.add_command(exporter)
     main.add_command(probe_beat)
+    main.add_command(dead_letter_command)
 
 
 _register_optional_commands()

@@ -1,11 +1,16 @@
-"""Worker lifecycle: publish stamps, probe files and the graceful drain.
+"""Worker lifecycle: publish stamps, probe files, the graceful drain, dead letters.
 
-Shutdown uses Celery's own machinery (Celery >= 5.5): with ``REMAP_SIGTERM=SIGQUIT``
-in the worker's environment SIGTERM starts a *soft shutdown*: the worker stops
-consuming at once, waits ``worker_soft_shutdown_timeout`` (the drain window) for
-running tasks, then cancels what is still running; the Redis transport puts those
-unacked messages back on their queue when the channel closes, at once rather than
-after the visibility timeout.  What Celery lacks, added here:
+Shutdown builds on Celery's own machinery (Celery >= 5.5): with ``REMAP_SIGTERM=SIGQUIT``
+in the worker's environment SIGTERM starts a *cold shutdown* whose soft part
+(``worker_soft_shutdown_timeout``, the drain window) lets running tasks finish before
+cancelling what still runs; the Redis transport puts those unacked messages back on
+their queue when the channel closes, at once rather than after the visibility timeout.
+What Celery lacks, added here:
+
+* a drain that ends when the work ends (:mod:`celery_fleet.drain`): Celery sleeps the
+  whole window once any task runs at SIGTERM;
+* a message Celery cannot decode is rejected to the dead-letter list instead of being
+  acknowledged and dropped (:class:`DeadLetterStep`);
 
 * a publish-time header on every task, so queue latency can be read from the oldest
   waiting message (``LINDEX``), never by scanning;
@@ -28,7 +33,8 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import before_task_publish, worker_ready
 
-from celery_fleet import followups, publish, task_metrics, transport
+from celery_fleet import followups, publish, task_metrics
+from celery_fleet.drain import CHECK_INTERVAL, Drain
 from celery_fleet.headers import PUBLISHED_AT_HEADER
 
 logger = logging.getLogger("celery_fleet.lifecycle")
@@ -94,41 +100,93 @@ class ProbeFilesStep(bootsteps.StartStopStep):
         self.stop(parent)
 
 
+class DrainStep(bootsteps.StartStopStep):
+    """Consumer bootstep: the drain's event-loop check (see :mod:`celery_fleet.drain`)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._timer: Any = None
+
+    def start(self, parent: Any) -> None:
+        self._timer = parent.timer.call_repeatedly(CHECK_INTERVAL, drain_of(parent).check, priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class DeadLetterStep(bootsteps.Step):
+    """Consumer bootstep: a message Celery cannot decode is rejected, not acknowledged.
+
+    Celery acknowledges (drops) such a message after logging it; rejected without requeue it
+    goes to the dead-letter list on Redis (celery_fleet.transport) or to the queue's
+    dead-letter exchange on RabbitMQ, where an operator can look at it and requeue it.
+    """
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+
+        def on_decode_error(message: Any, exc: Exception) -> None:
+            logger.critical(
+                "cannot decode message body (%s: %s; content-type %r, encoding %r, headers %.500r): "
+                "rejecting it to the dead-letter list",
+                type(exc).__name__,
+                exc,
+                message.content_type,
+                message.content_encoding,
+                message.headers,
+            )
+            message.reject(requeue=False)
+
+        parent.on_decode_error = on_decode_error
+
+
+_drains: dict[int, Drain] = {}
+
+
+def drain_of(consumer: Any) -> Drain:
+    """The one drain of this worker process (created on first use)."""
+    key = id(consumer)
+    if key not in _drains:
+        _drains[key] = Drain(consumer.app, consumer, on_start=lambda sig: _mark_unready(consumer.app, sig))
+    return _drains[key]
+
+
+#: Consumer bootsteps celery-fleet adds; another module may append its own before ``install``.
+CONSUMER_STEPS: list[type[bootsteps.Step]] = [ProbeFilesStep, DrainStep, DeadLetterStep]
+
+
 def install(app: Celery) -> None:
     """Hook celery-fleet's lifecycle into a Celery app (call once, next to ``Celery(...)``)."""
-    transport.install()
     publish.install()  # one round trip per enqueue on Redis
     before_task_publish.connect(stamp_published_at, weak=False)
-    app.steps["consumer"].add(ProbeFilesStep)
+    for step in CONSUMER_STEPS:
+        app.steps["consumer"].add(step)
     task_metrics.install(app)  # counts tasks where they run and are published, without task events
     followups.install(app)  # link/link_error on a queue every worker reads first
 
-    def on_worker_ready(**_: Any) -> None:
-        # Celery runs its soft-shutdown wait inside the signal handler, before it sends
-        # ``worker_shutting_down``; readiness must go first, so wrap the handlers.
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        # Celery installs its shutdown handlers before the consumer is ready; wrap them so the
+        # drain ends with the work and readiness drops first (Celery signals shutdown after it).
+        drain = drain_of(sender)
         for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
-            _mark_unready_before(app, signum)
+            drain.wrap(signum)
 
     worker_ready.connect(on_worker_ready, weak=False)
 
 
-def _mark_unready_before(app: Celery, signum: int) -> None:
-    celery_handler = signal.getsignal(signum)
-    if not callable(celery_handler):
-        return
-
-    def handler(sig: int, frame: Any) -> None:
-        directory = probe_dir(app)
-        if directory is not None:
-            (directory / READY_FILE).unlink(missing_ok=True)
-        logger.warning(
-            "%s: not ready; draining for up to %ss, then requeuing unfinished tasks",
-            signal.Signals(sig).name,
-            app.conf.worker_soft_shutdown_timeout,
-        )
-        celery_handler(sig, frame)
-
-    signal.signal(signum, handler)
+def _mark_unready(app: Celery, signum: int) -> None:
+    directory = probe_dir(app)
+    if directory is not None:
+        (directory / READY_FILE).unlink(missing_ok=True)
+    logger.warning(
+        "%s: not ready; draining until running tasks end (at most %ss), then requeuing what still runs",
+        signal.Signals(signum).name,
+        app.conf.worker_soft_shutdown_timeout,
+    )
 
 
 def worker_load(directory: Path) -> tuple[int, float] | None:

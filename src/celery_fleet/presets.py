@@ -12,10 +12,41 @@ from __future__ import annotations
 from typing import Any
 
 from celery_fleet.timings import RESTORE_SWEEP_SECONDS, Timings
+from celery_fleet.transport import TRANSPORT_PATH
+
+
+def is_redis(broker_url: str) -> bool:
+    return broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
+
+
+def broker_transport(broker_url: str) -> str | None:
+    """celery-fleet's reliable Redis transport where it applies (``redis://``, ``rediss://``).
+
+    kombu picks the transport from the URL's scheme unless ``broker_transport`` names one;
+    ``redis+socket://`` and ``sentinel://`` keep kombu's stock transport.
+    """
+    return TRANSPORT_PATH if broker_url.startswith(("redis://", "rediss://")) else None
+
+
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+#: Seconds a command may wait on the broker before it fails (and is retried or refused).
+SOCKET_TIMEOUT_SECONDS = 15
 
 
 def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any]:
-    if not broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://")):
+    if is_amqp(broker_url):
+        return {
+            # Publisher confirms: a publish returns only once RabbitMQ has the message (on a
+            # quorum queue: on a majority of nodes, on disk), so a 202 means it is durable.
+            "confirm_publish": True,
+            # A hung broker fails a publish (and its confirm) instead of hanging the request.
+            "read_timeout": SOCKET_TIMEOUT_SECONDS,
+            "write_timeout": SOCKET_TIMEOUT_SECONDS,
+        }
+    if not is_redis(broker_url):
         return {}
     return {
         # Redis redelivers a message whose worker vanished only after this many seconds:
@@ -30,9 +61,25 @@ def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any
         "priority_steps": list(range(10)),
         "queue_order_strategy": "priority",
         # Fail fast and retry instead of hanging on a half-open TCP connection.
-        "socket_timeout": 15,
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
+    }
+
+
+def amqp_settings(broker_url: str) -> dict[str, Any]:
+    """What RabbitMQ needs on top: quorum queues (Celery >= 5.5) and fast dead-peer detection."""
+    if not is_amqp(broker_url):
+        return {}
+    return {
+        # Quorum queues: replicated (Raft), fsynced before a publish is confirmed, and they
+        # count deliveries (x-delivery-count) so a policy's delivery-limit can dead-letter.
+        "CELERY_TASK_DEFAULT_QUEUE_TYPE": "quorum",
+        "CELERY_TASK_CREATE_MISSING_QUEUE_TYPE": "quorum",
+        # Quorum queues have no global QoS: Celery then uses per-consumer prefetch.
+        "CELERY_WORKER_DETECT_QUORUM_QUEUES": True,
+        # Notice a dead or hung broker in ~20 s (two missed heartbeats), not 4 minutes.
+        "CELERY_BROKER_HEARTBEAT": 10,
     }
 
 
@@ -40,6 +87,7 @@ def safe_delivery_settings(broker_url: str, timings: Timings) -> dict[str, Any]:
     """The ``CELERY_*`` settings for at-least-once delivery that survives worker loss."""
     timings = timings.validated()
     return {
+        **amqp_settings(broker_url),
         "CELERY_BROKER_URL": broker_url,
         # Acknowledge after the task ran, not before: a worker that dies mid-task leaves
         # the message on the broker to be redelivered instead of losing it.
@@ -58,6 +106,9 @@ def safe_delivery_settings(broker_url: str, timings: Timings) -> dict[str, Any]:
         # Every task gets limits, so no task outlives the visibility timeout.
         "CELERY_TASK_SOFT_TIME_LIMIT": timings.soft_time_limit,
         "CELERY_TASK_TIME_LIMIT": timings.time_limit,
+        # Redis: pop and record a message in one atomic step, so a lost reply cannot lose it,
+        # and dead-letter what cannot be decoded (celery_fleet.transport).
+        "CELERY_BROKER_TRANSPORT": broker_transport(broker_url),
         "CELERY_BROKER_TRANSPORT_OPTIONS": broker_transport_options(broker_url, timings),
         # Outlive a broker restart: keep retrying the connection instead of exiting.
         "CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP": True,

@@ -31,8 +31,9 @@ logger = logging.getLogger("celery_fleet.publish")
 #: KEYS[1]: the exchange's binding table (unused for the default exchange).  ARGV: routing
 #: key, payload, priority step, kombu's separator, 1 for the default exchange (the routing key
 #: is the queue), then the ``sent`` hash ('' to count nothing), the field prefix, the sources
-#: set, the source, now and the hash's TTL.  Returns how many queues got the message (0:
-#: nothing bound; nothing was written, kombu's own path decides).
+#: set, the source, now and the hash's TTL, then the bell key prefix of
+#: :mod:`celery_fleet.transport` ('' when the channel rings no bells) and the bell's cap.  Returns
+#: how many queues got the message (0: nothing bound; nothing was written, kombu's own path decides).
 PUBLISH_SCRIPT = """
 local routing_key, payload, step, sep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local queues = {}
@@ -59,6 +60,11 @@ for _, queue in ipairs(queues) do
     list = queue .. sep .. step
   end
   redis.call('LPUSH', list, payload)
+  if ARGV[13] ~= '' then
+    -- Wake an idle consumer of the reliable transport, in the same step as the message.
+    redis.call('LPUSH', ARGV[13] .. queue, 1)
+    redis.call('LTRIM', ARGV[13] .. queue, 0, tonumber(ARGV[14]) - 1)
+  end
   if sent ~= '' then
     redis.call('HINCRBY', sent, ARGV[7] .. queue .. ARGV[8], 1)
   end
@@ -93,9 +99,10 @@ def _script_args(channel: Any, message: dict[str, Any], exchange: str, routing_k
     step = channel.priority(channel._get_message_priority(message, reverse=False))
     args: list[Any] = [routing_key, dumps(message), step, channel.sep, "0" if exchange else "1"]
     counting = task_metrics.sent_on_broker(message)
-    if counting is None:
-        return [*args, "", "", "", "", "", "", ""]
-    return [*args, *counting.script_args()]
+    sent = ["", "", "", "", "", "", ""] if counting is None else counting.script_args()
+    # The reliable transport's channel rings a bell per publish (celery_fleet.transport.Channel).
+    bells = [getattr(channel, "bell_prefix", ""), getattr(channel, "bell_cap", 0)]
+    return [*args, *sent, *bells]
 
 
 def basic_publish(self: Any, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any) -> Any:

@@ -83,8 +83,6 @@ def loop_values(mode: str, prometheus_url: str) -> dict[str, Any]:
             "django": {
                 "extraEnv": [
                     {"name": "JOBS_STEP_DELAY", "value": STEP_DELAY},
-                    # per-pod series (hostname = <group>@<pod>): which pods ran tasks, when
-                    {"name": "CELERY_FLEET_EXPORTER_WORKER_LABELS", "value": "1"},
                 ]
             },
             "exporter": {"serviceMonitor": {"enabled": True, "interval": "1s"}},
@@ -97,12 +95,13 @@ def loop_values(mode: str, prometheus_url: str) -> dict[str, Any]:
 
 
 def first_busy(prometheus: ClusterPrometheus, since: float, until: float) -> dict[str, float]:
-    """Wall-clock time each worker (Celery hostname ``default@<pod>``) was first seen running a
-    task, from the exporter's per-worker series as Prometheus recorded them."""
+    """Wall-clock time each worker pod of the default group was first seen running a task, from
+    the exporter's per-worker series as Prometheus recorded them (``hostname``: the pod name,
+    celery-exporter's host part of the Celery node name ``default@<pod>``)."""
     response = httpx.get(
         f"{prometheus.url}/api/v1/query_range",
         params={
-            "query": 'celery_worker_tasks_active{hostname=~"default@.*"} > 0',
+            "query": f'celery_worker_tasks_active{{hostname=~"{DEFAULT}-.*"}} > 0',
             "start": since,
             "end": until,
             "step": "1s",
@@ -111,8 +110,7 @@ def first_busy(prometheus: ClusterPrometheus, since: float, until: float) -> dic
     ).json()
     assert response["status"] == "success", response
     return {
-        series["metric"]["hostname"].split("@", 1)[1]: float(series["values"][0][0])
-        for series in response["data"]["result"]
+        series["metric"]["hostname"]: float(series["values"][0][0]) for series in response["data"]["result"]
     }
 
 

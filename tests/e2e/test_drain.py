@@ -71,7 +71,6 @@ def drain_values() -> dict[str, Any]:
             "django": {
                 "extraEnv": [
                     {"name": "JOBS_STEP_DELAY", "value": str(STEP_DELAY)},
-                    {"name": "CELERY_FLEET_EXPORTER_WORKER_LABELS", "value": "1"},
                     # beat's cleanup every 2 s: enough sends to see a second beat or a gap
                     {"name": "CLEANUP_EXPORTS_EVERY", "value": str(BEAT_EVERY)},
                 ]
@@ -129,16 +128,16 @@ def worker_pods(kube: Kube, namespace: str) -> dict[str, dict[str, Any]]:
 
 
 def busy_workers(kube: Kube, namespace: str) -> set[str]:
-    """Pods whose worker runs a task, from the exporter's per-worker series (its Service)."""
+    """Pods of the default group whose worker runs a task, from the exporter's per-worker series
+    (its Service); ``hostname`` is the pod name, celery-exporter's host part of ``default@<pod>``."""
     spec = kube.get("-n", namespace, "service", f"{FULLNAME}-celery-exporter")["spec"]
     text = httpx.get(f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}/metrics", timeout=10).text
     busy = set()
     for line in text.splitlines():
-        if (
-            line.startswith('celery_worker_tasks_active{hostname="default@')
-            and float(line.rsplit(" ", 1)[1]) > 0
+        if line.startswith(f'celery_worker_tasks_active{{hostname="{FULLNAME}-worker-default-') and (
+            float(line.rsplit(" ", 1)[1]) > 0
         ):
-            busy.add(line.split('"')[1].split("@", 1)[1])
+            busy.add(line.split('"')[1])
     return busy
 
 

@@ -86,8 +86,8 @@ class Fleet:
             )
         return process
 
-    def start_web(self, *, extra_env: dict[str, str] | None = None) -> str:
-        port = free_port()
+    def start_web(self, *, extra_env: dict[str, str] | None = None, port: int | None = None) -> str:
+        port = port or free_port()
         env = {
             **self.env,
             "PORT": str(port),
@@ -107,6 +107,16 @@ class Fleet:
         )
         process.url = url  # type: ignore[attr-defined]
         return url
+
+    def start(
+        self, name: str, argv: Sequence[str], *, extra_env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        """Any other process of the fleet (a sweeper, beat), logging to the fleet's log."""
+        process = ManagedProcess(
+            name, argv, env={**self.env, **(extra_env or {})}, sink=file_sink(self.log_path)
+        )
+        self.processes.append(process.start())
+        return process
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):

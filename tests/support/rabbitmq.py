@@ -31,10 +31,15 @@ class RabbitMQServer:
     dist_port: int = field(default_factory=free_port)
     epmd_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: Fixed at creation: a node restarted on other ports keeps its name, and so its data.
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"fleettest{self.port}"
 
     @property
     def node(self) -> str:
-        return f"fleettest{self.port}@localhost"
+        return f"{self.name}@localhost"
 
     @property
     def url(self) -> str:

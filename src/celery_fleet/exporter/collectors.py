@@ -29,6 +29,7 @@ from celery_fleet.exporter.redis_accounting import (
     run_scripts,
 )
 from celery_fleet.exporter.task_series import HostnameLabels
+from celery_fleet.transport import DEAD_LETTER_KEY
 
 logger = logging.getLogger("celery_fleet.exporter.collectors")
 
@@ -94,6 +95,10 @@ class TaskSeriesSource:
         yield from task_series.task_families(task_series.parse_reply(reply), self.labels)
 
 
+#: The length of celery_fleet.transport's dead-letter list (a script so it joins the scrape's pipeline).
+DEAD_LETTER_LENGTH_SCRIPT = "return redis.call('LLEN', KEYS[1])"
+
+
 class RedisQueueCollector(Collector):
     """``celery_queue_length``, celery-fleet's backlog, held and oldest-age series, and (when the
     metrics live on the broker) the task series, in one round trip to Redis."""
@@ -119,12 +124,16 @@ class RedisQueueCollector(Collector):
     def describe(self) -> Iterable[Metric]:
         return []  # collected at scrape time only; names differ by transport
 
+    def dead_letter_call(self) -> ScriptCall:
+        return ScriptCall(DEAD_LETTER_LENGTH_SCRIPT, [f"{self.key_prefix}{DEAD_LETTER_KEY}"], [])
+
     def collect(self) -> Iterator[Metric]:
         began = time.perf_counter()
         queues = list(self.queues())
         try:
             now = time.time()
-            also = [self.tasks.call(now)] if self.tasks is not None else []
+            # The dead-letter count rides in the same round trip as the queues.
+            also = [self.dead_letter_call(), *([self.tasks.call(now)] if self.tasks is not None else [])]
             stats, held, extra = read_queues(
                 self.client,
                 queues,
@@ -177,6 +186,16 @@ class RedisQueueCollector(Collector):
             age = self.unstamped.age(queue, s, now)
             oldest.add_metric([queue], age or 0.0)
             unstamped.add_metric([queue], 1 if s.unstamped_oldest else 0)
+        # Messages celery_fleet.transport moved aside (undecodable, rejected, over the delivery
+        # limit): each waits for `celery-fleet dead-letter` -- alert when it is not 0.
+        dead_letters = GaugeMetricFamily(
+            "celery_fleet_dead_letter_messages",
+            "Messages in the Redis dead-letter list (celery-fleet dead-letter list|requeue|drop).",
+        )
+        if isinstance(extra[0], Exception):
+            logger.warning("could not read the dead-letter list: %s", extra[0])
+        else:
+            dead_letters.add_metric([], int(extra[0]))
         truncated = GaugeMetricFamily(
             "celery_fleet_exporter_held_truncated",
             "1 if the unacked hash was larger than the read limit (held counts are then a lower bound).",
@@ -195,12 +214,13 @@ class RedisQueueCollector(Collector):
             backlog,
             oldest,
             unstamped,
+            dead_letters,
             truncated,
             broker_up(1),
             read,
         )
         if self.tasks is not None:
-            yield from self.tasks.families(extra[0])
+            yield from self.tasks.families(extra[1])
 
 
 class TaskSeriesCollector(Collector):

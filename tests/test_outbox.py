@@ -93,7 +93,7 @@ def test_an_idempotency_key_returns_the_first_job(fleet: Fleet) -> None:
     assert again.json()["id"] == first.json()["id"]
     assert len(read_jobs(db(fleet))) == 1
     other = post(url, {"kind": "timed_work", "seconds": 0.2}, key="order-42")
-    assert other.status_code == 422
+    assert other.status_code == 409
     assert "different request" in other.json()["error"]
     for bad in (b"", b"x" * 201, b"has space", "naïve".encode()):
         response = httpx.post(f"{url}/api/jobs/", json=body, headers={"Idempotency-Key": bad}, timeout=10)

@@ -75,6 +75,35 @@ def proxy(redis_server: RedisServer) -> Iterator[TcpProxy]:
     running.stop()
 
 
+def test_the_restore_sweeps_lock_outlives_a_killed_sweeper_by_seconds_not_minutes(
+    url: str, redis_client: redis.Redis
+) -> None:
+    """A worker killed inside the visibility sweep leaves its lock behind; until the lock expires
+    no worker restores anything.  kombu's lock lasts 300 s; the presets' lasts one sweep interval."""
+    from celery_fleet.presets import broker_transport_options
+    from celery_fleet.timings import RESTORE_SWEEP_SECONDS, Timings
+
+    def sweep_lock_seconds(options: dict[str, Any]) -> float:
+        """How long the lock taken by one visibility sweep with ``options`` would outlive its taker."""
+        with (
+            Connection(url, transport=TRANSPORT_PATH, transport_options=options) as conn,
+            redis.Redis.from_url(url).monitor() as monitor,
+        ):
+            conn.default_channel.qos.restore_visible()  # kombu's sweep, as the worker's loop runs it
+            for command in monitor.listen():
+                words = command["command"].split()
+                if words[:2] == ["SET", "unacked_mutex"]:
+                    unit = next(w for w in words[3:] if w in {"PX", "EX"})
+                    return float(words[words.index(unit) + 1]) / (1000 if unit == "PX" else 1)
+        raise AssertionError("the sweep took no lock: the test tested nothing")
+
+    presets = broker_transport_options(url, Timings())
+    assert sweep_lock_seconds({k: v for k, v in presets.items() if k != "unacked_mutex_expire"}) == 300, (
+        "kombu's own lock (the five minutes this guards against)"
+    )
+    assert sweep_lock_seconds(presets) <= RESTORE_SWEEP_SECONDS
+
+
 @pytest.mark.parametrize("transport", [TRANSPORT_PATH, "redis"], ids=["celery-fleet", "kombu-stock"])
 def test_a_pop_reply_lost_in_flight_leaves_the_message_held_not_lost(
     url: str, redis_client: redis.Redis, proxy: TcpProxy, transport: str

@@ -1,7 +1,7 @@
 """The JSON API on django-ninja: operations, their schemas and the OpenAPI spec generated from them.
 
 The documented contract: paths under ``/api/``, ``400`` (not ninja's ``422``) with the ``Error``
-schema for every bad request (``422`` only for an ``Idempotency-Key`` reused with another body),
+schema for every bad request (``409`` for an ``Idempotency-Key`` reused with another body),
 ``415`` for a body that is not declared JSON, JSON ``404``/``405`` (``jobs.middleware``), ``HEAD``
 wherever ``GET``.  The long-poll (``GET /api/jobs/{id}?wait=N``) is an async view: under the ASGI
 workers a waiting client costs a coroutine, woken by ``jobs.notify``.
@@ -186,27 +186,20 @@ def _idempotency_key(value: Any) -> Any:
         raise ValueError(str(exc)) from None
 
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="A retried POST with the same key returns the first job (another body: 422).",
-    ),
-    BeforeValidator(_idempotency_key),
-]
+#: The key's rule, checked by the service, with its message; the pattern shows it in the schema.
+IdempotencyKey = Annotated[str | None, BeforeValidator(_idempotency_key)]
 
 
 @api.post(
     "/jobs/",
     url_name="jobs",
     operation_id="submitJob",
-    response={202: JobAccepted, 400: Error, 405: Error, 415: Error, 422: Error, 503: Error},
+    response={202: JobAccepted, 400: Error, 405: Error, 409: Error, 415: Error, 503: Error},
     summary="Submit a job",
     openapi_extra={
         "responses": {
             202: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}},
-            422: {"description": "The Idempotency-Key was already used for a different request."},
+            409: {"description": "The Idempotency-Key was already used for a different request."},
             503: {
                 "description": "The broker did not take the job: it is recorded as refused and never runs."
             },
@@ -217,13 +210,18 @@ def submit(
     request: HttpRequest,
     response: HttpResponse,
     payload: JobRequest,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKey = Header(  # noqa: B008 (ninja's way to declare a header)
+        None,
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="A retried POST with the same key returns the first job (another body: 409).",
+    ),
 ) -> tuple[int, Any]:
     """Queue a job; it runs on a worker. Bad input answers 400 and queues nothing.
 
     With an ``Idempotency-Key`` (1 to 200 printable ASCII characters, no spaces) a retried POST
     returns the first job instead of queueing another; the same key with a different body answers
-    422. A 503 means the broker refused the job: it is recorded as refused, will never run, and
+    409 (a conflict with the state the first request left, not a bad request). A 503 means the broker refused the job: it is recorded as refused, will never run, and
     its key is free again.
     """
     kind, params = job_params(payload)

@@ -54,7 +54,7 @@ class EnqueueError(RuntimeError):
 
 
 class IdempotencyKeyError(ValueError):
-    """A bad ``Idempotency-Key`` (400) or one already used for a different request (422)."""
+    """A bad ``Idempotency-Key`` (400) or one already used for a different request (409)."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -105,7 +105,7 @@ def submit_job(kind: JobKind, params: dict[str, Any], *, idempotency_key: str | 
 
 def _replayed(job: Job, kind: JobKind, params: dict[str, Any]) -> Job:
     if job.kind != kind or job.params != params:
-        raise IdempotencyKeyError("this Idempotency-Key was already used for a different request", 422)
+        raise IdempotencyKeyError("this Idempotency-Key was already used for a different request", 409)
     return job
 
 

@@ -57,6 +57,11 @@ def broker_transport_options(broker_url: str, timings: Timings) -> dict[str, Any
         # so the redelivery delay after SIGKILL is the visibility timeout plus this.
         "unacked_restore_interval": RESTORE_SWEEP_SECONDS,
         "unacked_restore_throttle": 1,
+        # The sweep runs under a lock in Redis.  kombu keeps it for 300 s, so a worker killed
+        # (or cut off) while it sweeps stopped every sweep for five minutes: held messages of
+        # dead workers waited that long (found by the fault suite).  A sweep takes
+        # milliseconds, and two at once are safe (each restore is a WATCHed transaction).
+        "unacked_mutex_expire": RESTORE_SWEEP_SECONDS,
         # Priorities 0-9 are folded into four Redis lists per queue (0, 3, 6, 9).
         "priority_steps": list(range(10)),
         "queue_order_strategy": "priority",

@@ -139,28 +139,19 @@ def install(
     volumes = persistent_volumes_for(manifests, namespace, kube.cluster_home / "volumes")
     if volumes:
         kube.apply(volumes)
-    try:
-        kube.helm(
-            "install",
-            release,
-            str(CHART),
-            "-n",
-            namespace,
-            *helm_args,
-            "--wait",
-            "--timeout",
-            timeout,
-            timeout=float(timeout.rstrip("s")) + 60,
-        )
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{describe_unready(kube, namespace)}") from None
+    helm_wait(kube, namespace, "install", release, *helm_args, timeout=timeout)
     return manifests
 
 
 def upgrade(kube: Kube, namespace: str, *args: str, release: str = RELEASE, timeout: str = "300s") -> None:
+    helm_wait(kube, namespace, "upgrade", release, *args, timeout=timeout)
+
+
+def helm_wait(kube: Kube, namespace: str, verb: str, release: str, *args: str, timeout: str) -> None:
+    """``helm install|upgrade --wait``; on failure, why the pods are not ready."""
     try:
         kube.helm(
-            "upgrade",
+            verb,
             release,
             str(CHART),
             "-n",

@@ -29,7 +29,7 @@ import yaml
 from celery_fleet.local.processes import ManagedProcess, file_sink
 from celery_fleet.local.waiting import free_port, port_open, wait_until
 from tests.e2e.kube import REPO, Kube
-from tests.support.prometheus import PrometheusServer, binary
+from tests.support.prometheus import PrometheusServer
 
 BUILD_AUTOSCALERS = REPO / "tests" / "cluster" / "build-autoscalers.sh"
 #: The rules the project ships for prometheus-adapter (the same as k8s/prometheus-adapter/values.yaml).
@@ -190,41 +190,13 @@ class ClusterPrometheus(PrometheusServer):
     """Debian's Prometheus on this host, scraping what the given ServiceMonitors select."""
 
     discovery: ServiceMonitorDiscovery | None = None
-    host: str = "127.0.0.1"
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def write_config(self) -> Path:
+    def config(self) -> dict[str, Any]:
         assert self.discovery is not None
-        config = {
+        return {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "scrape_configs": self.discovery.scrape_configs(),
         }
-        path = self.data_dir / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        return path
-
-    def start(self, timeout: float = 60) -> ClusterPrometheus:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = self.write_config()
-        log = (self.data_dir / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                binary("prometheus"),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
-                f"--web.listen-address={self.host}:{self.port}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_until(self._ready, timeout=timeout, interval=0.25, what=f"prometheus on {self.port} to be ready")
-        return self
 
     def stop(self) -> None:
         if self.discovery is not None:

@@ -1,6 +1,6 @@
 """Stopping workers for real: the kubelet SIGTERMs worker pods in the middle of tasks and
-Celery's soft shutdown drains them (``REMAP_SIGTERM=SIGQUIT``, the chart's drain window and
-grace period). One release, autoscaling off, long jobs (5 s, and 25 s > the drain window):
+celery_fleet.drain drains them (they exit as soon as their task ends; the chart's drain window
+and grace period bound it). One release, autoscaling off, long jobs (5 s, and 25 s > the drain window):
 
 * scale-in without deletion cost: the ReplicaSet picks busy pods, which finish their task and
   exit within the grace period;
@@ -29,6 +29,7 @@ import pytest
 
 from celery_fleet.autoscale.deletion_cost import ANNOTATION
 from celery_fleet.local.waiting import wait_until
+from celery_fleet.task_metrics import HOST_SOURCE, SEP, SOURCES_KEY, source_key
 from tests.e2e.chart import (
     RELEASE,
     chart_defaults,
@@ -266,47 +267,50 @@ def test_scale_in_with_deletion_cost_removes_idle_pods_first(
     assert_exactly_once({job_id: job}, users_before, release.web.user_count())
 
 
-class SentEvents:
-    """Every ``task-sent`` event on the release's broker (the chart's Redis, via its Service):
-    who sent which task when. Beat's hostname is its pod's."""
+class BeatSends:
+    """Every send of one task, by host, as the publishers themselves count them on the release's
+    broker (celery_fleet.task_metrics: one ``sent`` counter per publishing host, written in the
+    publish's own round trip; task events are off).  Polled every 0.2 s; beat's host is its pod."""
 
-    def __init__(self, broker_url: str) -> None:
-        self.broker_url = broker_url
-        self.sent: list[tuple[float, str, str]] = []  # (timestamp, task name, sender hostname)
+    def __init__(self, broker_url: str, task: str) -> None:
+        import redis
+
+        self.client: Any = redis.Redis.from_url(broker_url, socket_timeout=5, decode_responses=True)
+        self.prefix = SEP.join(("c", "sent", task, ""))
+        self.sent: list[tuple[float, str]] = []  # (when first seen, sender host)
+        self._seen: dict[str, int] = {}
         self._stop = threading.Event()
-        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._receiver: Any = None
         self.error: BaseException | None = None
 
+    def totals(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for source in self.client.zrange(SOURCES_KEY, 0, -1):
+            if source.startswith(HOST_SOURCE):
+                fields = self.client.hgetall(source_key(source))
+                sent = [int(value) for field, value in fields.items() if field.startswith(self.prefix)]
+                counts[source.removeprefix(HOST_SOURCE)] = sum(sent)
+        return counts
+
     def _run(self) -> None:
-        from celery import Celery
-
-        app = Celery("e2e-events", broker=self.broker_url, set_as_current=False)
-        try:
-            with app.connection_for_read() as connection:
-                self._receiver = app.events.Receiver(connection, handlers={"task-sent": self._on_sent})
-                self._receiver.on_consume_ready = lambda *args, **kwargs: self._ready.set()
-                self._receiver.capture(limit=None, timeout=None, wakeup=False)
-        except BaseException as exc:  # reported by the test
-            if not self._stop.is_set():
+        while not self._stop.wait(0.2):
+            try:
+                now = time.time()
+                for host, count in self.totals().items():
+                    # a jump of 2 in one poll is two sends 0 s apart: the gap check catches it
+                    self.sent += [(now, host)] * (count - self._seen.get(host, 0))
+                    self._seen[host] = count
+            except Exception as exc:  # reported by the test
                 self.error = exc
-            self._ready.set()
+                return
 
-    def _on_sent(self, event: dict[str, Any]) -> None:
-        self.sent.append((float(event["timestamp"]), str(event["name"]), str(event["hostname"])))
-
-    def __enter__(self) -> SentEvents:
+    def __enter__(self) -> BeatSends:
+        self._seen = self.totals()  # what was sent before the test is not the test's
         self._thread.start()
-        self._ready.wait(30)
-        if self.error:
-            raise self.error
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._receiver is not None:
-            self._receiver.should_stop = True
         self._thread.join(timeout=10)
 
 
@@ -321,7 +325,7 @@ def test_helm_upgrade_mid_burst_rolls_every_deployment_and_one_beat_sends(
     }
     old_pods = deployment_pods(kube, namespace)
     users_before = release.web.user_count()
-    with SentEvents(release.broker_url(kube)) as events:
+    with BeatSends(release.broker_url(kube), "jobs.tasks.cleanup_exports") as sends:
         ids = release.web.submit(6, total=LONG_JOB)
         wait_until(lambda: len(busy_workers(kube, namespace)) == 3, timeout=60, what="every worker busy")
         began = time.monotonic()
@@ -352,11 +356,11 @@ def test_helm_upgrade_mid_burst_rolls_every_deployment_and_one_beat_sends(
         jobs = release.web.wait_finished(ids, timeout=240)
         # beat sends every 2 s: wait for a few sends of the new beat
         time.sleep(3 * BEAT_EVERY)  # observation window, not synchronisation: the sends are recorded
-    assert events.error is None, events.error
+    assert sends.error is None, sends.error
     counts = assert_exactly_once(release.web.jobs(jobs), users_before, release.web.user_count())
     print("rollout:", counts)
 
-    beat = sorted((t, host) for t, name, host in events.sent if name == "jobs.tasks.cleanup_exports")
+    beat = sorted(sends.sent)
     senders = [host for _, host in beat]
     runs = [h for i, h in enumerate(senders) if i == 0 or senders[i - 1] != h]
     assert len(runs) == 2, f"beat senders in order: {runs} (one old beat, then one new, never both)"

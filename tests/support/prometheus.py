@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import yaml
@@ -39,13 +39,16 @@ class PrometheusServer:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     #: Instant queries are evaluated at this time when set (``None``: now).
     evaluation_time: float | None = None
+    #: The address it listens on (the e2e suite's pods reach it on the node's bridge).
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
-    def write_config(self) -> Path:
-        config = {
+    def config(self) -> dict[str, Any]:
+        """The configuration file's content: static targets (subclasses discover theirs)."""
+        return {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [
@@ -57,11 +60,13 @@ class PrometheusServer:
                 for job, target in self.targets.items()
             ],
         }
+
+    def write_config(self) -> Path:
         path = self.data_dir / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        path.write_text(yaml.safe_dump(self.config()), encoding="utf-8")
         return path
 
-    def start(self, timeout: float = 60) -> PrometheusServer:
+    def start(self, timeout: float = 60) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.write_config()
         log = (self.data_dir / "prometheus.log").open("wb")
@@ -70,7 +75,7 @@ class PrometheusServer:
                 binary("prometheus"),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 "--storage.tsdb.retention.time=1h",
                 "--log.level=warn",
             ],

@@ -221,8 +221,8 @@ def submit(
 
     With an ``Idempotency-Key`` (1 to 200 printable ASCII characters, no spaces) a retried POST
     returns the first job instead of queueing another; the same key with a different body answers
-    409 (a conflict with the state the first request left, not a bad request). A 503 means the broker refused the job: it is recorded as refused, will never run, and
-    its key is free again.
+    409 (a conflict with the state the first request left, not a bad request). A 503 means the
+    broker refused the job: it is recorded as refused, will never run, and its key is free again.
     """
     kind, params = job_params(payload)
     try:

@@ -23,8 +23,9 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
-from ninja import Header, NinjaAPI, Query, Redoc, Schema
+from ninja import NinjaAPI, Query, Redoc, Schema
 from ninja.errors import HttpError, ValidationError
+from ninja.params.functions import Header
 from pydantic import BeforeValidator, Field
 
 from celery_fleet.health import shutting_down

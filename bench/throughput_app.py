@@ -6,7 +6,7 @@ The worker is configured from its environment, so one module serves every varian
 * ``BENCH_PRESETS=1``: ``celery_fleet.presets.safe_delivery_settings`` as the project uses
   them (otherwise Celery's defaults);
 * ``BENCH_LIFECYCLE=1``: also ``celery_fleet.lifecycle.install`` as the example's ``fleetsite.celery`` does
-  (transport guard, publish stamp, probe files);
+  (publish stamp, one-round-trip publish, task metrics, follow-ups, drain, dead-letter hook, probe files);
 * ``BENCH_OVERRIDES``: JSON of Celery settings (lower-case names) applied last;
 * ``BENCH_TOTAL``: how many tasks the run sends; the first and the last completion
   record their time, so the rate is measured between them;

@@ -256,8 +256,14 @@ class Broker:
         if not old:
             return 0
         size = path.stat().st_size
+        if old[-1] >= size:
+            # A size from before an earlier crash's cut: "truncating" to it would pad the file
+            # with zero bytes, a corruption no crash makes (Redis then refuses the file).
+            return 0
         with path.open("r+b") as fh:
             fh.truncate(old[-1])
+        # Sizes sampled before this cut describe a file that no longer exists.
+        self._aof_sizes = [sample for sample in self._aof_sizes if sample[1] != path]
         return size - old[-1]
 
     def restart_after_kill(self) -> None:

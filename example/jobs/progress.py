@@ -44,22 +44,17 @@ def report_progress(job_id: UUID | str, done: int, total: int) -> int:
 
 def mark_succeeded(job_id: UUID | str, result: dict[str, Any]) -> bool:
     """Finish the job; False if another delivery finished it first (then this one changes nothing)."""
-    finished = bool(
-        Job.objects.filter(pk=job_id)
-        .exclude(state__in=FINAL_STATES)
-        .update(state=JobState.SUCCESS, progress=100, result=result, error="", finished_at=timezone.now())
-    )
-    if finished:
-        notify.job_changed(job_id)
-    return finished
+    return _finish(job_id, state=JobState.SUCCESS, progress=100, result=result, error="")
 
 
 def mark_failed(job_id: UUID | str, error: str) -> bool:
-    finished = bool(
-        Job.objects.filter(pk=job_id)
-        .exclude(state__in=FINAL_STATES)
-        .update(state=JobState.FAILURE, error=error, finished_at=timezone.now())
-    )
+    return _finish(job_id, state=JobState.FAILURE, error=error)
+
+
+def _finish(job_id: UUID | str, **final: Any) -> bool:
+    """One conditional UPDATE to a final state, announced once committed (long-polls wake)."""
+    unfinished = Job.objects.filter(pk=job_id).exclude(state__in=FINAL_STATES)
+    finished = bool(unfinished.update(finished_at=timezone.now(), **final))
     if finished:
         notify.job_changed(job_id)
     return finished

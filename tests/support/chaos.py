@@ -347,6 +347,7 @@ class Chaos:
         migrate(self.env)
         self.fleet = Fleet(data_dir=self.data_dir, env=self.env, log_path=self.data_dir / "fleet.log")
         self.workers = [self.fleet.start_worker(("default",)) for _ in range(self.config.workers)]
+        threading.Thread(target=self._supervise_workers, name="worker-supervisor", daemon=True).start()
         self._start_web()
         self.fleet.start("sweeper", roles.manage_argv("sweep_outbox", "--every", "2"))
 
@@ -368,11 +369,22 @@ class Chaos:
         """Keep the replica count, as a Deployment does: a new worker the moment one goes."""
         assert self.fleet is not None
         with self._lock:
-            if victim in self.workers:
-                self.workers.remove(victim)
+            if victim not in self.workers:
+                return  # replaced already (by the supervisor, once it saw the victim exit)
+            self.workers.remove(victim)
         replacement = self.fleet.start_worker(("default",), wait_ready=False)
         with self._lock:
             self.workers.append(replacement)
+
+    def _supervise_workers(self) -> None:
+        """A Deployment's controller: a worker that exited on its own is replaced too (Celery
+        exits with "Could not start worker processes" when a pool child is killed as it starts:
+        unreplaced, such exits emptied the fleet and its jobs counted as lost)."""
+        while not self._stopping.wait(1.0):
+            with self._lock:
+                exited = [w for w in self.workers if not w.alive()]
+            for worker in exited:
+                self._replace_worker(worker)
 
     def _background(self, name: str, action: Callable[[], None]) -> None:
         """What a fault sets off (a drain, a restart) runs beside the injector, which keeps its pace."""

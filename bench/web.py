@@ -188,17 +188,16 @@ def print_table(results: dict[str, Result], concurrency: int, roles_: list[str])
         p50, p99 = result.percentile(50) * 1000, result.percentile(99) * 1000
         cpus = "".join(f" {result.cpu_ms(role):>10.3f}" for role in roles_)
         if base:
-            ratios = (
-                base.rps / result.rps,
-                result.percentile(50) / base.percentile(50),
-                result.cpu_ms() / base.cpu_ms(),
+            against_bare = (
+                f" {base.rps / result.rps:>12.2f}x {result.percentile(50) / base.percentile(50):>5.2f}x"
+                f" {result.cpu_ms() / base.cpu_ms():>5.2f}x"
             )
-        else:
-            ratios = (float("nan"),) * 3
+        else:  # bare not among --variants: nothing to compare with
+            against_bare = f" {'-':>13} {'-':>6} {'-':>6}"
         rounds = " ".join(f"{r:.0f}" for r in result.rounds)
         print(
             f"{name:<14} {len(result.latencies):>8} {result.rps:>7.0f} {p50:>7.2f} {p99:>7.2f}{cpus}"
-            f" {result.cpu_ms():>7.3f} {ratios[0]:>12.2f}x {ratios[1]:>5.2f}x {ratios[2]:>5.2f}x   {rounds}"
+            f" {result.cpu_ms():>7.3f}{against_bare}   {rounds}"
         )
     print(
         f"(concurrency {concurrency}; CPU = server CPU ms per request, client excluded; "

@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from celery_fleet.local.waiting import free_port, wait_until
 from celery_fleet.timings import Timings
 from tests.support.fleet import Fleet, base_env, migrate
 from tests.support.ledger import read_jobs, read_runs
+from tests.support.rabbitmq import RabbitMQServer, rabbitmq_binary
 
 TIMINGS_ENV = {
     "CELERY_TASK_SOFT_TIME_LIMIT": "8",
@@ -180,7 +183,7 @@ def test_jobs_a_broker_forgot_are_published_again_by_the_outbox(fleet: Fleet, ow
     recovered = time.monotonic() - restarted
     jobs = read_jobs(db(fleet))
     runs = read_runs(db(fleet))
-    assert [(jobs[i].publishes, runs[i].effects, runs[i].starts) for i in ids] == [(2, 1, 1)] * 5
+    assert [(jobs[i].republishes, runs[i].effects, runs[i].starts) for i in ids] == [(1, 1, 1)] * 5
     print(f"outbox recovered 5 forgotten jobs {recovered:.1f}s after the broker came back (bound {BOUND}s)")
     assert recovered < BOUND + 6 * SWEEP_EVERY + 15
 
@@ -219,6 +222,80 @@ def test_a_web_killed_mid_submit_loses_nothing(fleet: Fleet, own_redis: RedisSer
     )
     assert read_runs(db(fleet))[job.id].effects == 1
     assert len(read_jobs(db(fleet))) == 1
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "redis":
+        server: RedisServer | RabbitMQServer = RedisServer(data_dir=tmp_path / "redis", port=free_port())
+    else:
+        try:
+            rabbitmq_binary("rabbitmq-server")
+        except FileNotFoundError as exc:
+            pytest.skip(str(exc))
+        server = RabbitMQServer(data_dir=tmp_path / "rabbitmq")
+    server.start()
+    yield server.url
+    server.stop()
+
+
+def test_the_request_records_its_publish_only_where_the_sweep_needs_the_record(
+    tmp_path: Path, any_broker: str
+) -> None:
+    """On Redis the sweep looks into the broker, so the request writes nothing after its publish
+    (no UPDATE per enqueue); on RabbitMQ the broker's confirm is the sweep's only evidence, so the
+    request records it.  Either way a job the broker holds is left alone past the bound, and a job
+    committed but never published (its web died in between) is published again."""
+    from celery_fleet import roles
+
+    env = base_env(tmp_path, any_broker, **TIMINGS_ENV)
+    migrate(env)
+    fleet = Fleet(data_dir=tmp_path, env=env, log_path=tmp_path / "fleet.log")
+    try:
+        url = fleet.start_web()
+        accepted = post(url, {"kind": "timed_work", "seconds": 0.1}).json()["id"]
+        # Written as submit_job writes its row, then nothing: the web died before its publish.
+        made = subprocess.run(
+            roles.manage_argv(
+                "shell",
+                "-c",
+                "from jobs.models import Job; "
+                "print(Job.objects.create(kind='timed_work', params={'seconds': 0.1}).id)",
+            ),
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        unpublished = str(uuid.UUID(made.stdout.split()[-1]))
+        row = read_jobs(db(fleet))[accepted]
+        if any_broker.startswith("redis"):
+            assert row.published_at is None, "on Redis the request records nothing after its publish"
+        else:
+            assert row.published_at is not None, "on RabbitMQ the request records the broker's confirm"
+        # No worker yet: the accepted job waits on the broker past the bound, under the sweep's eyes.
+        start_sweeper(fleet)
+        wait_until(
+            lambda: read_jobs(db(fleet))[unpublished].republishes == 1,
+            timeout=BOUND + 60,
+            what="the sweep to publish the job that was never published",
+        )
+        waited = read_jobs(db(fleet))[accepted]
+        assert waited.republishes == 0, "the sweep published again a job the broker held"
+        fleet.start_worker(("default",), extra_env=TIMINGS_ENV)
+        wait_until(
+            lambda: all(
+                (run := read_runs(db(fleet)).get(i)) and run.effects for i in (accepted, unpublished)
+            ),
+            timeout=60,
+            what="both jobs to run",
+        )
+        runs = read_runs(db(fleet))
+        assert [(runs[i].effects, runs[i].starts) for i in (accepted, unpublished)] == [(1, 1)] * 2
+    finally:
+        fleet.stop_all()
+        print(fleet.logs()[-4000:])
 
 
 def _post_or_error(url: str, body: dict[str, object], key: str) -> object:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
+import httpx
 import psycopg
 import pytest
 
+from tests.support.fleet import Fleet
 from tests.support.postgres import PostgresServer, pg_bin
 
 # The same end-to-end tests as on SQLite, collected again here with the PostgreSQL database.
@@ -38,3 +42,78 @@ def database_url(postgres: PostgresServer) -> Iterator[str]:
     # Each test gets empty tables: drop everything the migrations made.
     with psycopg.connect(postgres.url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+
+
+def _sessions(postgres: PostgresServer) -> int:
+    """Sessions PostgreSQL has accepted for the database so far (this query's own included)."""
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _client_backends(postgres: PostgresServer) -> int:
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _posts(url: str, count: int) -> None:
+    with httpx.Client(timeout=10) as client:
+        for _ in range(count):
+            response = client.post(f"{url}/api/jobs/", json={"kind": "export_users"})
+            assert response.status_code == 202, response.text
+
+
+def test_the_web_takes_database_connections_from_a_pool(fleet: Fleet, postgres: PostgresServer) -> None:
+    """Under ASGI each request runs in a thread of its own: without the pool every request opens a
+    PostgreSQL session (the control), with it the web opens at most the pool's size."""
+    unpooled = fleet.start_web(extra_env={"WEB_CONCURRENCY": "1", "DB_POOL": "0"})
+    before = _sessions(postgres)
+    _posts(unpooled, 30)
+    assert _sessions(postgres) - before - 1 >= 30, "the control: one new session per request without the pool"
+
+    pooled = fleet.start_web(extra_env={"WEB_CONCURRENCY": "1", "DB_POOL_MAX_SIZE": "3"})
+    before = _sessions(postgres)
+    _posts(pooled, 100)
+    opened = _sessions(postgres) - before - 1
+    assert 1 <= opened <= 3, f"the pooled web opened {opened} sessions for 100 requests (pool size 3)"
+
+
+def test_long_polls_do_not_hold_database_connections(fleet: Fleet, postgres: PostgresServer) -> None:
+    """Twenty long-polls wait on a job no worker runs while the pool has four connections: each
+    read gives its connection back, so new jobs are still taken at once and the database sees no
+    more sessions than the pool's size."""
+    url = fleet.start_web(extra_env={"WEB_CONCURRENCY": "1", "DB_POOL_MAX_SIZE": "4", "DB_POOL_TIMEOUT": "5"})
+    job = httpx.post(f"{url}/api/jobs/", json={"kind": "export_users"}, timeout=10).json()
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def long_poll() -> None:
+        response = httpx.get(f"{url}/api/jobs/{job['id']}?wait=8", timeout=30)
+        with lock:
+            answers.append(response)
+
+    polls = [threading.Thread(target=long_poll) for _ in range(20)]
+    started = time.monotonic()
+    for poll in polls:
+        poll.start()
+    time.sleep(1.5)  # every long-poll has read the job and waits (they answer after 8 s)
+    for _ in range(5):
+        began = time.monotonic()
+        _posts(url, 1)
+        assert time.monotonic() - began < 3, "a POST waited for a database connection held by a long-poll"
+    assert not answers, "the long-polls answered before their wait was over: nothing was tested"
+    assert _client_backends(postgres) <= 4
+    for poll in polls:
+        poll.join(30)
+    assert len(answers) == 20
+    assert all(a.status_code == 200 for a in answers)
+    assert all(a.json()["state"] == "PENDING" for a in answers)
+    assert time.monotonic() - started >= 8

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
+from django.db import connection
 from django.db.models.functions import Length
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -75,7 +76,9 @@ class JobOut(Schema):
     params: dict[str, Any]
     callbacks_ran: list[Literal["on_success", "on_failure"]]
     attempts: int = Field(ge=0)
-    publishes: int = Field(ge=0, description="Publishes of its message; above 1 the outbox sent it again.")
+    republishes: int = Field(
+        ge=0, description="Times the outbox published the job again because the broker had lost its message."
+    )
     worker: str | None = Field(description="The worker (Celery hostname) that last started the job.")
     created_at: datetime
     started_at: datetime | None
@@ -257,6 +260,15 @@ def _job_payload(request: HttpRequest, job_id: uuid.UUID) -> tuple[Job, dict[str
     return job, data
 
 
+def _read_job(request: HttpRequest, job_id: uuid.UUID) -> tuple[Job, dict[str, Any]] | None:
+    """One read of a job, its database connection given back at once: a long-poll waits seconds
+    between reads and must not hold a connection (the web's pool has a few) while it waits."""
+    try:
+        return _job_payload(request, job_id)
+    finally:
+        connection.close()
+
+
 def export_size(job_id: uuid.UUID) -> int | None:
     """Bytes of the job's CSV report, counted by the database (``None``: the job has none)."""
     sizes = ExportFile.objects.filter(job_id=job_id).annotate(size=Length("content"))
@@ -277,7 +289,7 @@ async def get_job(request: HttpRequest, job_id: JobId, wait: Wait = 0.0) -> tupl
         key = uuid.UUID(job_id)
     except ValueError:
         return error(404, f"no job with id {job_id[:64]!r}: not a UUID")
-    read = sync_to_async(_job_payload)
+    read = sync_to_async(_read_job)
     found = await read(request, key)
     if found is not None and wait > 0 and not found[0].is_final:
         loop = asyncio.get_running_loop()

@@ -53,10 +53,13 @@ class Job(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     #: The client's ``Idempotency-Key``: a retried POST with it returns this job.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
-    #: When the broker last confirmed a publish of the job's message (None: never confirmed).
+    #: When a publish of the job's message was last recorded: the request's publish on a broker
+    #: whose confirm is the outbox's evidence (RabbitMQ), and every publish by the outbox sweeper.
+    #: On Redis the request does not record its publish (the sweeper looks into Redis instead),
+    #: so None there means "not published again", not "never published".
     published_at = models.DateTimeField(null=True, blank=True)
-    #: Publishes of the job's message: above 1 means the outbox sweeper published it again.
-    publishes = models.PositiveIntegerField(default=0)
+    #: Times the outbox sweeper published the job again (the broker had lost it or never confirmed it).
+    republishes = models.PositiveIntegerField(default=0)
     #: The worker (Celery hostname) that last started the job.
     worker = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -89,7 +92,7 @@ class Job(models.Model):
             "params": self.params,
             "callbacks_ran": self.callbacks_ran,
             "attempts": self.attempts,
-            "publishes": self.publishes,
+            "republishes": self.republishes,
             "worker": self.worker or None,
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,

@@ -14,6 +14,11 @@ only ones:
 * the web process dies between commit and publish, or the broker loses the message (a
   Redis crash inside its fsync window): :func:`sweep_outbox` publishes it again once it
   has shown no sign of life for a while and the broker holds it nowhere.
+
+How the sweeper tells "nowhere" depends on the broker: it looks into Redis, so on Redis the
+request records nothing after its publish (no database write per enqueue that nothing reads);
+RabbitMQ cannot be looked into, so there the request records the broker's confirm
+(``published_at``) and the sweeper publishes again only what was never confirmed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -94,6 +99,9 @@ def submit_job(kind: JobKind, params: dict[str, Any], *, idempotency_key: str | 
         return _replayed(Job.objects.get(idempotency_key=key), kind, params)
     try:
         publish(job)
+        if not outbox.looks_into_broker(celery_app()):
+            # The confirm is the sweeper's only evidence on this broker (RabbitMQ): record it.
+            Job.objects.filter(pk=job.pk).update(published_at=timezone.now())
     except Exception as exc:
         logger.warning("could not enqueue job %s: %s", job.id, exc)
         if refuse(job, f"not accepted: the broker did not take the job ({exc})"):
@@ -108,8 +116,14 @@ def _replayed(job: Job, kind: JobKind, params: dict[str, Any]) -> Job:
     return job
 
 
+def celery_app() -> Celery:
+    from fleetsite.celery import app
+
+    return app
+
+
 def publish(job: Job) -> None:
-    """Publish the job's message; record the broker's confirmation on the row."""
+    """Publish the job's message with its follow-ups; returns once the broker took it."""
     TASKS[job.kind].apply_async(
         args=(str(job.id),),
         task_id=str(job.id),
@@ -120,7 +134,6 @@ def publish(job: Job) -> None:
         # broker then costs the request two socket timeouts, not more.
         retry_policy={"max_retries": 1, "interval_start": 0.2},
     )
-    Job.objects.filter(pk=job.pk).update(published_at=timezone.now(), publishes=F("publishes") + 1)
 
 
 def refuse(job: Job, reason: str) -> bool:
@@ -139,8 +152,7 @@ def _last_sign_of_life(job: Job) -> float:
 
 def sweep_outbox(now: float | None = None) -> int:
     """Publish again the unfinished jobs whose message the broker holds nowhere; returns how many."""
-    from fleetsite.celery import app
-
+    app = celery_app()
     now = time.time() if now is None else now
     bound = settings.OUTBOX_REPUBLISH_AFTER
     quiet_since = timezone.now() - timedelta(seconds=bound)
@@ -185,11 +197,12 @@ def sweep_outbox(now: float | None = None) -> int:
             now - lost.since,
         )
         try:
-            publish(job)  # records published_at and one more publish once the broker took it
+            publish(job)
         except Exception as exc:
             logger.warning(
                 "outbox: could not publish job %s again (%s); the next sweep tries again", job.id, exc
             )
             continue
+        Job.objects.filter(pk=job.pk).update(published_at=timezone.now(), republishes=F("republishes") + 1)
         republished += 1
     return republished

@@ -58,7 +58,7 @@ class Pending:
     queue: str
     #: Unix time of the last sign of life: the last publish (or the row's creation), the start.
     since: float
-    #: The broker confirmed a publish of it.
+    #: A confirmed publish of it was recorded (what counts on a broker that is not looked into).
     published: bool
 
 
@@ -148,11 +148,22 @@ def task_queue(app: Any, task_name: str) -> str:
     return str(getattr(queue, "name", queue) or app.conf.task_default_queue)
 
 
+def looks_into_broker(app: Any) -> bool:
+    """Whether the sweeper tells a lost job by looking into the broker (Redis), not by the
+    publisher's confirm (RabbitMQ).
+
+    Only where it does not must a producer record each confirmed publish: that record is then
+    the sweeper's only evidence.  On Redis the record would cost every enqueue a database write
+    that nothing reads.
+    """
+    return str(app.conf.broker_url or "").startswith(("redis://", "rediss://"))
+
+
 def view_of_broker(app: Any, queues: Sequence[str]) -> BrokerView | None:
     """The broker's view for the app's broker: Redis is looked into, RabbitMQ is not (None)."""
-    url = str(app.conf.broker_url or "")
-    if not url.startswith(("redis://", "rediss://")):
+    if not looks_into_broker(app):
         return None
+    url = str(app.conf.broker_url)
     import redis
 
     options = app.conf.broker_transport_options or {}

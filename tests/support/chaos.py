@@ -143,7 +143,7 @@ class Result:
 
     @property
     def republished(self) -> int:
-        return sum(max(self.jobs[j].publishes - 1, 0) for j in self.accepted.values() if j in self.jobs)
+        return sum(self.jobs[j].republishes for j in self.accepted.values() if j in self.jobs)
 
     @property
     def explained(self) -> int:

@@ -26,9 +26,10 @@ class JobRow:
     state: str
     error: str
     attempts: int
-    publishes: int
+    republishes: int
     created_at: str
     worker: str
+    published_at: str | None
 
 
 def read_runs(db_path: Path) -> dict[str, Run]:
@@ -50,7 +51,8 @@ def read_jobs(db_path: Path) -> dict[str, JobRow]:
     """Every job by id (the dashed form, as the API and the ledger write it)."""
     with sqlite3.connect(db_path, timeout=30) as conn:
         rows = conn.execute(
-            "SELECT id, idempotency_key, state, error, attempts, publishes, created_at, worker FROM jobs_job"
+            "SELECT id, idempotency_key, state, error, attempts, republishes, created_at, worker,"
+            " published_at FROM jobs_job"
         ).fetchall()
     jobs = [JobRow(str(uuid.UUID(row[0])), *row[1:]) for row in rows]
     return {job.id: job for job in jobs}

@@ -286,7 +286,12 @@ def main() -> int:
         help="what-if: keep SQLite connections open this long (the project closes them per request)",
     )
     parser.add_argument(
-        "--web-concurrency", type=int, help="gunicorn workers (WEB_CONCURRENCY; config default 2)"
+        "--web-concurrency",
+        type=int,
+        default=1,
+        help="gunicorn workers (WEB_CONCURRENCY; the config's default is 2). One by default: with two, "
+        "the kept-alive connections land on one worker in some rounds and split in others, which "
+        "moves the CPU per request between rounds",
     )
     parser.add_argument(
         "--max-requests",

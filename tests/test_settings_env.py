@@ -95,6 +95,28 @@ def test_presets_carry_the_safe_delivery_settings() -> None:
     assert "CELERY_TASK_DEFAULT_QUEUE_TYPE" not in settings
 
 
+def test_under_the_presets_threads_share_one_result_backend() -> None:
+    """Under ASGI every request publishes from a thread of its own: with Celery's default each
+    would build a result backend of its own (a dozen settings lookups per request)."""
+    import threading
+
+    from celery import Celery
+
+    def backends_of_two_threads(**settings: object) -> set[int]:
+        app = Celery("backend-sharing", set_as_current=False)
+        app.conf.update({k.removeprefix("CELERY_").lower(): v for k, v in settings.items()})
+        seen: set[int] = set()
+        threads = [threading.Thread(target=lambda: seen.add(id(app.backend))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+            thread.join()
+        return seen
+
+    presets = safe_delivery_settings("redis://localhost:6379/0", Timings())
+    assert len(backends_of_two_threads(**presets)) == 1
+    assert len(backends_of_two_threads()) == 2, "the control: Celery's default builds one per thread"
+
+
 def _settings_error(**environ: str) -> str:
     code = "import django; django.setup()"
     env = {

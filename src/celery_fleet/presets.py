@@ -125,6 +125,11 @@ def safe_delivery_settings(broker_url: str, timings: Timings) -> dict[str, Any]:
         "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": float(timings.drain_window),
         # Task state lives in the application's database; no result backend round trips.
         "CELERY_TASK_IGNORE_RESULT": True,
+        # One result-backend object per process instead of one built in every thread that
+        # publishes (a dozen settings lookups each): under ASGI every request is a thread of its
+        # own.  Celery's default (no backend) and its Redis and database backends are safe to
+        # share; a project that adds the rpc:// backend sets this back to False.
+        "CELERY_RESULT_BACKEND_THREAD_SAFE": True,
         # Report STARTED so the monitoring events and job pages can tell queued from running.
         "CELERY_TASK_TRACK_STARTED": True,
         # No task events: each is a broker publish of its own (three or more per task, half a

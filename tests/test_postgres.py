@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from tests.support.fleet import Fleet
+from celery_fleet.local.redis_server import RedisServer
+from tests.support.fleet import Fleet, base_env, migrate
 from tests.support.postgres import PostgresServer, pg_bin
 
 # The same end-to-end tests as on SQLite, collected again here with the PostgreSQL database.
@@ -117,3 +119,28 @@ def test_long_polls_do_not_hold_database_connections(fleet: Fleet, postgres: Pos
     assert all(a.status_code == 200 for a in answers)
     assert all(a.json()["state"] == "PENDING" for a in answers)
     assert time.monotonic() - started >= 8
+
+
+def test_the_api_answers_503_while_the_database_is_down(tmp_path: Path, redis_server: RedisServer) -> None:
+    """A stopped PostgreSQL is the server's trouble, not the client's: 503 with Retry-After, in
+    the API's JSON, never a 500."""
+    server = PostgresServer.start()
+    try:
+        env = base_env(tmp_path, redis_server.url, server.url)
+        migrate(env)
+        fleet = Fleet(data_dir=tmp_path, env=env, log_path=tmp_path / "fleet.log")
+        url = fleet.start_web(extra_env={"WEB_CONCURRENCY": "1", "DB_POOL_TIMEOUT": "2"})
+        made = httpx.post(f"{url}/api/jobs/", json={"kind": "export_users"}, timeout=10)
+        assert made.status_code == 202, "the control: the API works while the database is up"
+        server.stop()
+        for answer in (
+            httpx.post(f"{url}/api/jobs/", json={"kind": "export_users"}, timeout=30),
+            httpx.get(f"{url}/api/jobs/{made.json()['id']}", timeout=30),
+            httpx.get(f"{url}/api/users/", timeout=30),
+        ):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.json() == {"error": "the database is unavailable or busy; retry shortly"}
+        fleet.stop_all()
+    finally:
+        server.stop()

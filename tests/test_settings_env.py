@@ -140,7 +140,9 @@ def test_django_settings_refuse_bad_environment() -> None:
     )
     assert "DATABASE_URL" in _settings_error(SECRET_KEY="x", DATABASE_URL="nosuchdb://x")
     postgres = {"SECRET_KEY": "x", "DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db", "DB_POOL": "1"}
-    assert "DB_POOL_MAX_SIZE='many' is not a whole number" in _settings_error(**postgres, DB_POOL_MAX_SIZE="many")
+    assert "DB_POOL_MAX_SIZE='many' is not a whole number" in _settings_error(
+        **postgres, DB_POOL_MAX_SIZE="many"
+    )
     assert "DB_POOL_MIN_SIZE must not be larger than DB_POOL_MAX_SIZE" in _settings_error(
         **postgres, DB_POOL_MIN_SIZE="5", DB_POOL_MAX_SIZE="2"
     )

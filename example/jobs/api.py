@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import OperationalError, connection
 from django.db.models.functions import Length
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -171,6 +171,18 @@ def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     return api.create_response(request, {"error": message}, status=400)
 
 
+@api.exception_handler(OperationalError)
+def _database_unavailable(request: HttpRequest, exc: OperationalError) -> HttpResponse:
+    # The database is down, or every pooled connection stayed busy past DB_POOL_TIMEOUT: the
+    # request was fine, so not a 500.  A POST that failed this way recorded nothing, unless the
+    # database went away between its steps: a retry with the same Idempotency-Key finds that job.
+    response = api.create_response(
+        request, {"error": "the database is unavailable or busy; retry shortly"}, status=503
+    )
+    response["Retry-After"] = "5"
+    return response
+
+
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     # ninja wraps whatever the body parser raised; the parser's own message is the useful one.
@@ -205,7 +217,9 @@ IdempotencyKey = Annotated[str | None, BeforeValidator(_idempotency_key)]
             202: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}},
             409: {"description": "The Idempotency-Key was already used for a different request."},
             503: {
-                "description": "The broker did not take the job: it is recorded as refused and never runs."
+                "description": "The broker did not take the job: it is recorded as refused and never "
+                "runs. Or the database is unavailable (with Retry-After): retry, with the same "
+                "Idempotency-Key to be sure of one job."
             },
         }
     },
@@ -280,7 +294,7 @@ def export_size(job_id: uuid.UUID) -> int | None:
     "/jobs/{job_id}",
     url_name="job",
     operation_id="getJob",
-    response={200: JobOut, 400: Error, 404: Error, 405: Error},
+    response={200: JobOut, 400: Error, 404: Error, 405: Error, 503: Error},
     summary="A job's state, progress and result",
 )
 async def get_job(request: HttpRequest, job_id: JobId, wait: Wait = 0.0) -> tuple[int, Any]:  # type: ignore[valid-type]
@@ -320,7 +334,7 @@ PageSize = whole_number("page_size", 1, API_PAGE_SIZE_MAX, from_text=True)
     "/users/",
     url_name="users",
     operation_id="listUsers",
-    response={200: UserPage, 400: Error, 404: Error, 405: Error},
+    response={200: UserPage, 400: Error, 404: Error, 405: Error, 503: Error},
     summary="Users, paginated (never staff accounts)",
 )
 def list_users(

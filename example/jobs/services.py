@@ -31,7 +31,7 @@ from typing import Any
 
 from celery import Celery, Task
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -99,14 +99,20 @@ def submit_job(kind: JobKind, params: dict[str, Any], *, idempotency_key: str | 
         return _replayed(Job.objects.get(idempotency_key=key), kind, params)
     try:
         publish(job)
-        if not outbox.looks_into_broker(celery_app()):
-            # The confirm is the sweeper's only evidence on this broker (RabbitMQ): record it.
-            Job.objects.filter(pk=job.pk).update(published_at=timezone.now())
     except Exception as exc:
         logger.warning("could not enqueue job %s: %s", job.id, exc)
         if refuse(job, f"not accepted: the broker did not take the job ({exc})"):
             raise EnqueueError(f"the broker did not accept the job: {exc}") from exc
         logger.info("job %s: the publish failed but the job was taken already; it runs", job.id)
+        return job
+    if not outbox.looks_into_broker(celery_app()):
+        # The confirm is the sweep's only evidence on this broker (RabbitMQ): record it.
+        try:
+            Job.objects.filter(pk=job.pk).update(published_at=timezone.now())
+        except DatabaseError as exc:
+            # The broker has the job, so it runs; unrecorded, the sweep publishes it once more
+            # later, which the task's idempotency makes harmless.
+            logger.warning("job %s: published, but its confirm could not be recorded: %s", job.id, exc)
     return job
 
 

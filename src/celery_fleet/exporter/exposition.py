@@ -56,10 +56,9 @@ DEFAULT_MAX_ENTRIES = 50_000
 #: Formats kept at once: Prometheus asks for one, a person with curl another.  The version in an
 #: Accept header is the client's free text, so the number of formats is bounded as well.
 DEFAULT_MAX_FORMATS = 3
-#: prometheus-client gzips at level 9.  A scrape body is small and repetitive: level 1 takes
-#: about a third of level 9's time for a body ~25% larger, and the body crosses loopback or a
-#: cluster network where those bytes cost less than the CPU (measured in the module's tests
-#: log and docs/metrics.md).
+#: prometheus-client gzips at level 9.  A scrape body is small and repetitive: for the
+#: exporter's 19.6 kB level 1 takes 0.03 ms for 2.8 kB, level 9 0.16 ms for 2.4 kB.  The body
+#: crosses loopback or a cluster network, where 400 bytes cost less than 0.13 ms of CPU.
 GZIP_LEVEL = 1
 
 #: The library's value formatting (Go's float syntax: ``+Inf``, ``1e+06``), typed.

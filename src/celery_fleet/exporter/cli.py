@@ -23,6 +23,7 @@ from celery_fleet.exporter.collectors import (
     TaskSeriesSource,
     WorkerCollector,
 )
+from celery_fleet.exporter.exposition import CachedExposition
 from celery_fleet.exporter.server import ExporterServer, exporter_app
 from celery_fleet.exporter.task_series import HostnameLabels
 from celery_fleet.exporter.worker_probe import WorkerProber
@@ -105,9 +106,16 @@ class Exporter:
     #: Where workers and publishers write task totals (``CELERY_FLEET_METRICS_URL``); ``None``:
     #: the broker when it is Redis, else no task series.
     metrics_url: str | None = None
-    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=False))
+    #: Our collectors describe nothing (their names come at scrape time), so ``name[]`` filtering
+    #: (``/metrics?name[]=celery_queue_length``) only sees them when they are kept as collectors
+    #: without names.
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=False, support_collectors_without_names=True)
+    )
     health: ScrapeHealth = field(default_factory=ScrapeHealth)
     labels: HostnameLabels = field(default_factory=HostnameLabels)
+    #: What /metrics renders with: names and labels escaped once, not on every scrape.
+    exposition: CachedExposition = field(default_factory=CachedExposition)
     _parts: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -171,7 +179,9 @@ class Exporter:
             self.prober.start()
             self.monitor.start()
             self._parts += [self.monitor, self.prober]
-        self.server = ExporterServer(exporter_app(self.registry, self.healthz), self.host, self.port).start()
+        self.server = ExporterServer(
+            exporter_app(self.registry, self.healthz, self.exposition), self.host, self.port
+        ).start()
         return self
 
     def stop(self) -> None:

@@ -31,7 +31,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery_fleet.headers import PUBLISHED_AT_HEADER
@@ -283,14 +283,14 @@ def _pipeline_per_queue(client: Any, keys: list[str], steps: int) -> PerQueue:
 
 
 def _stats(
-    queues: Sequence[str], steps: Sequence[int], per_queue: PerQueue, now: float
+    queues: Sequence[str], steps: Sequence[int], per_queue: PerQueue, now: float, held: HeldCounts
 ) -> dict[str, QueueStats]:
     result = {}
     for queue, (lengths, stamp, no_stamp) in zip(queues, per_queue, strict=True):
         by_priority = {step: n for step, n in zip(steps, lengths, strict=True) if n}
         result[queue] = QueueStats(
             waiting=sum(by_priority.values()),
-            held=0,
+            held=held.per_queue.get(queue, 0),
             oldest_age_seconds=None if stamp is None else max(0.0, now - stamp),
             waiting_by_priority=by_priority,
             unstamped_oldest=no_stamp,
@@ -346,8 +346,8 @@ def read_queues(
         held = held_counts(client, queues, key_prefix=key_prefix, held_limit=held_limit)
     else:
         held = _assign_held(client, pairs, set(queues), key_prefix=key_prefix, truncated=False)
-    stats = _stats(queues, steps, per_queue, time.time() if now is None else now)
-    return {q: replace(s, held=held.per_queue.get(q, 0)) for q, s in stats.items()}, held, extra
+    # Held counts go in as each QueueStats is built (a dataclasses.replace per queue cost 20 us).
+    return _stats(queues, steps, per_queue, time.time() if now is None else now, held), held, extra
 
 
 def _queue_of_held(

@@ -1,4 +1,5 @@
-"""HTTP: ``/metrics`` (Prometheus text format) and ``/healthz`` (JSON), threaded WSGI."""
+"""HTTP: ``/metrics`` (any format prometheus-client negotiates, ``exporter.exposition``) and ``/healthz``
+(JSON), threaded WSGI."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import ThreadingWSGIServer
 
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+from celery_fleet.exporter.exposition import CachedExposition, StartResponse, WSGIApp, metrics_app
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -21,8 +21,13 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds would flood the log."""
 
 
-def exporter_app(registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]]) -> WSGIApp:
-    metrics = make_wsgi_app(registry)
+def exporter_app(
+    registry: CollectorRegistry,
+    health: Callable[[], tuple[bool, dict[str, Any]]],
+    exposition: CachedExposition | None = None,
+) -> WSGIApp:
+    # The library's bytes, formats and gzip, without re-escaping every name and label per scrape.
+    metrics = metrics_app(registry, exposition)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")

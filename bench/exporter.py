@@ -81,6 +81,17 @@ def hold(seconds):
 """
 
 
+#: What Prometheus 3 sends with each scrape (its scrape/scrape.go, acceptHeader for the default
+#: scrape protocols), so every exporter here renders the format a real scrape gets: OpenMetrics
+#: 1.0.0 from prometheus-client.  httpx adds gzip to Accept-Encoding, as Prometheus does.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
 @dataclass
 class Target:
     name: str
@@ -91,7 +102,9 @@ class Target:
     timings: list[float] = field(default_factory=list)
     reported: float | None = None
     process: ManagedProcess | None = None
-    client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
+    client: httpx.Client = field(
+        default_factory=lambda: httpx.Client(timeout=60, headers={"Accept": PROMETHEUS_ACCEPT})
+    )
     exporter_cpu_ms: float = 0.0
     workers_cpu_ms: float = 0.0
     load: float = 0.0

@@ -16,15 +16,12 @@ from celery_fleet.local.processes import ManagedProcess, file_sink
 from celery_fleet.local.redis_server import RedisServer
 from celery_fleet.local.waiting import free_port, wait_until
 from celery_fleet.task_metrics import Batch, Flusher, counter_field
-from tests.support.rabbitmq import RabbitMQServer, rabbitmq_binary
+from tests.support.rabbitmq import RabbitMQServer, skip_unless_installed
 
 
 @pytest.fixture(scope="module")
 def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
-    try:
-        rabbitmq_binary("rabbitmq-server")
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    skip_unless_installed()
     server = RabbitMQServer(data_dir=tmp_path_factory.mktemp("rabbitmq"))
     try:
         server.start()

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support import chaos
 from tests.support.fleet import REPO
-from tests.support.rabbitmq import rabbitmq_binary
+from tests.support.rabbitmq import skip_unless_installed
 
 SEED = int(os.environ.get("FAULT_SEED", "5"))
 
@@ -75,10 +75,7 @@ def test_every_job_takes_effect_exactly_once_under_faults_on_redis() -> None:
 @pytest.mark.slow
 def test_every_job_takes_effect_exactly_once_under_faults_on_rabbitmq(tmp_path: Path) -> None:
     """The no-compromise broker: quorum queues and publisher confirms (celery_fleet.presets)."""
-    try:
-        rabbitmq_binary("rabbitmq-server")
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    skip_unless_installed()
     faults = tuple(k for k in chaos.ALL_FAULTS if k not in chaos.REDIS_ONLY)
     config = chaos.Config(seed=SEED, broker="rabbitmq", injections=len(faults) + 1, jobs=120, faults=faults)
     result = chaos.run(config, tmp_path, progress=print)

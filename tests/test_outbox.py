@@ -25,7 +25,7 @@ from celery_fleet.local.waiting import free_port, wait_until
 from celery_fleet.timings import Timings
 from tests.support.fleet import Fleet, base_env, migrate
 from tests.support.ledger import read_jobs, read_runs
-from tests.support.rabbitmq import RabbitMQServer, rabbitmq_binary
+from tests.support.rabbitmq import RabbitMQServer, skip_unless_installed
 
 TIMINGS_ENV = {
     "CELERY_TASK_SOFT_TIME_LIMIT": "8",
@@ -229,10 +229,7 @@ def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "redis":
         server: RedisServer | RabbitMQServer = RedisServer(data_dir=tmp_path / "redis", port=free_port())
     else:
-        try:
-            rabbitmq_binary("rabbitmq-server")
-        except FileNotFoundError as exc:
-            pytest.skip(str(exc))
+        skip_unless_installed()
         server = RabbitMQServer(data_dir=tmp_path / "rabbitmq")
     server.start()
     yield server.url

@@ -46,24 +46,25 @@ def database_url(postgres: PostgresServer) -> Iterator[str]:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
 
 
-def _sessions(postgres: PostgresServer) -> int:
-    """Sessions PostgreSQL has accepted for the database so far (this query's own included)."""
+def _count(postgres: PostgresServer, query: str) -> int:
+    """One number from PostgreSQL, asked on a connection of its own."""
     with psycopg.connect(postgres.url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
-        ).fetchone()
+        row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def _sessions(postgres: PostgresServer) -> int:
+    """Sessions PostgreSQL has accepted for the database so far (this query's own included)."""
+    return _count(postgres, "SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
 
 
 def _client_backends(postgres: PostgresServer) -> int:
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return _count(
+        postgres,
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
 
 
 def _posts(url: str, count: int) -> None:
@@ -106,11 +107,14 @@ def test_long_polls_do_not_hold_database_connections(fleet: Fleet, postgres: Pos
     started = time.monotonic()
     for poll in polls:
         poll.start()
-    time.sleep(1.5)  # every long-poll has read the job and waits (they answer after 8 s)
-    for _ in range(5):
+    # POSTs all through the first 5 s of the long-polls' 8 s wait, whenever each poll's reads fall.
+    posted = 0
+    while time.monotonic() - started < 5 or posted < 5:
         began = time.monotonic()
         _posts(url, 1)
+        posted += 1
         assert time.monotonic() - began < 3, "a POST waited for a database connection held by a long-poll"
+        time.sleep(0.2)  # pacing between POSTs, not a wait for anything
     assert not answers, "the long-polls answered before their wait was over: nothing was tested"
     assert _client_backends(postgres) <= 4
     for poll in polls:

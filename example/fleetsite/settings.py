@@ -106,18 +106,17 @@ elif env.bool("DB_POOL", False):
     # would open a new one (a PostgreSQL backend forked and authenticated per request); the pool
     # hands a connection to each request and takes it back at its end.  Django wants
     # CONN_MAX_AGE 0 with a pool.
+    _pool_min = env.int("DB_POOL_MIN_SIZE", 1, minimum=0)
+    _pool_max = env.int("DB_POOL_MAX_SIZE", 10, minimum=1)
+    if _pool_min > _pool_max:
+        raise ImproperlyConfigured("DB_POOL_MIN_SIZE must not be larger than DB_POOL_MAX_SIZE")
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env.int("DB_POOL_MIN_SIZE", 1, minimum=0),
-        "max_size": env.int("DB_POOL_MAX_SIZE", 10, minimum=1),
-        # Seconds a request waits for a free connection before it fails (a 5xx, not a hang).
+        "min_size": _pool_min,
+        "max_size": _pool_max,
+        # Seconds a request waits for a free connection before it fails (a 503, not a hang).
         "timeout": env.int("DB_POOL_TIMEOUT", 10, minimum=1),
     }
-    if (
-        DATABASES["default"]["OPTIONS"]["pool"]["min_size"]
-        > DATABASES["default"]["OPTIONS"]["pool"]["max_size"]
-    ):
-        raise ImproperlyConfigured("DB_POOL_MIN_SIZE must not be larger than DB_POOL_MAX_SIZE")
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -24,6 +24,16 @@ def rabbitmq_binary(name: str) -> str:
     return found
 
 
+def skip_unless_installed() -> None:
+    """Skip the calling test when Debian's rabbitmq-server is not installed (``make test`` installs it)."""
+    import pytest
+
+    try:
+        rabbitmq_binary("rabbitmq-server")
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
 @dataclass
 class RabbitMQServer:
     data_dir: Path
